@@ -1,0 +1,1 @@
+"""Networks, losses, trainer, inference and metrics (not yet implemented)."""

@@ -1,0 +1,1 @@
+"""The ``atst`` command line (Typer). Commands stay thin: parse, call the library, report."""
