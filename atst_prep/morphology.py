@@ -1,0 +1,126 @@
+"""Exact binary morphology with large disks, on bit-packed rows.
+
+A disk of radius ``r`` is the union over row offsets ``dy`` of horizontal
+segments of half-width ``w(dy) = floor(sqrt(r^2 - dy^2))``. Dilating by it is
+therefore: grow the image horizontally one pixel at a time (keeping the
+growths the disk needs), then OR each growth into the rows ``dy`` above and
+below. With 64 pixels packed into each machine word, a horizontal step is a
+few shifts on 1/64 of the data, so the whole dilation costs a few ms at
+1024x1024 for any radius up to a few hundred pixels, and it is exact: the
+result equals ``skimage.morphology.dilation(x, disk(r))`` pixel for pixel.
+
+Border convention: :func:`binary_closing_disk` reflects the image at its
+edges (``abc|cba``), as ``skimage.morphology.closing`` does by default
+(``mode="reflect"``) since scikit-image 0.23.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def disk(radius: int) -> np.ndarray:
+    """Digital disk ``x^2 + y^2 <= r^2`` as a (2r+1, 2r+1) bool array.
+
+    The same set as ``skimage.morphology.disk(radius)`` (strict radius).
+    """
+    if radius < 0:
+        raise ValueError(f"disk radius must be >= 0, got {radius}")
+    k = np.arange(-radius, radius + 1)
+    return (k[:, None] ** 2 + k[None, :] ** 2) <= radius * radius
+
+
+def _half_widths(radius: int) -> np.ndarray:
+    """``w[dy]`` = half-width of the disk's row at offset ``dy``, dy = 0..r."""
+    dy = np.arange(radius + 1)
+    # integer square root, exact: largest w with w^2 + dy^2 <= r^2
+    w = np.floor(np.sqrt(radius * radius - dy * dy)).astype(np.int64)
+    w -= (w * w + dy * dy) > radius * radius
+    w += ((w + 1) ** 2 + dy * dy) <= radius * radius
+    return w
+
+
+def _pack(mask: np.ndarray) -> np.ndarray:
+    """(H, W) bool -> (H, ceil(W/64)+1) uint64, pixel x at bit x % 64 of word x // 64.
+
+    One spare word on the right keeps shifts from wrapping into real pixels.
+    """
+    h, w = mask.shape
+    words = -(-w // 64) + 1
+    packed = np.zeros((h, words * 8), np.uint8)
+    packed[:, : -(-w // 8)] = np.packbits(mask, axis=1, bitorder="little")
+    return packed.view("<u8")
+
+
+def _unpack(words: np.ndarray, width: int) -> np.ndarray:
+    return np.unpackbits(words.view(np.uint8), axis=1, count=width, bitorder="little").view(bool)
+
+
+def _grow_horizontally(a: np.ndarray) -> np.ndarray:
+    """Dilate packed rows by one pixel to the left and to the right."""
+    out = a | (a << np.uint64(1)) | (a >> np.uint64(1))
+    out[:, 1:] |= a[:, :-1] >> np.uint64(63)  # carry into the next word
+    out[:, :-1] |= a[:, 1:] << np.uint64(63)  # carry into the previous word
+    return out
+
+
+def binary_dilation_disk(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Dilate a binary image by ``disk(radius)``; pixels outside count as background.
+
+    Parameters
+    ----------
+    mask : (H, W) bool array
+    radius : int >= 0
+
+    Returns
+    -------
+    (H, W) bool array, equal to ``skimage.morphology.dilation(mask, disk(radius),
+    mode="constant", cval=0)``.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if radius == 0 or not mask.any():
+        return mask.copy()
+    h, width = mask.shape
+    half = _half_widths(radius)
+    grown = {0: _pack(mask)}
+    current = grown[0]
+    for step in range(1, int(half.max()) + 1):
+        current = _grow_horizontally(current)
+        grown[step] = current
+    # The spare word collects pixels grown past the right edge; clear it and
+    # any bits past `width` in the last real word.
+    out = grown[int(half[0])].copy()
+    for dy in range(1, radius + 1):
+        row = grown[int(half[dy])]
+        out[dy:] |= row[:-dy] if dy < h else row[:0]
+        out[:-dy] |= row[dy:] if dy < h else row[:0]
+    return _unpack(out, width)
+
+
+def binary_erosion_disk(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Erode by ``disk(radius)``; pixels outside count as foreground."""
+    return ~binary_dilation_disk(~np.asarray(mask, dtype=bool), radius)
+
+
+def binary_closing_disk(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Close a binary image with ``disk(radius)``, reflecting at the borders.
+
+    Equals ``skimage.morphology.closing(mask, disk(radius))`` (default
+    ``mode="reflect"``): dilation then erosion, each on the image padded by
+    ``radius`` pixels of its mirror image.
+
+    Parameters
+    ----------
+    mask : (H, W) bool array
+    radius : int >= 0
+
+    Returns
+    -------
+    (H, W) bool array.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if radius == 0:
+        return mask.copy()
+    r = radius
+    dilated = binary_dilation_disk(np.pad(mask, r, mode="symmetric"), r)[r:-r, r:-r]
+    return binary_erosion_disk(np.pad(dilated, r, mode="symmetric"), r)[r:-r, r:-r]
