@@ -1,0 +1,453 @@
+"""``atst prep build-masks``: pairs -> validated, unmixed, masked -> HDF5 shards.
+
+Work is cut into shards of ``shard_size`` consecutive pairs (sorted by name),
+one task per shard, so the shard a pair lands in never depends on how many
+workers run. A task reads and checks its pairs, computes the stain channels
+and Eq. 1, and writes the shard under a temporary name that is renamed only
+when the shard is complete. A re-run skips every shard that already exists
+with the same parameters and inputs, so an interrupted build resumes where it
+stopped and ends with the same files as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from . import __version__
+from .images import InputError, blank_reason, read_rgb
+from .mask import MaskConfig, mask_from_dab
+from .shards import IMAGE_COMPRESSIONS, PreparedPair, ShardError, ShardWriter, read_header, sha256_of
+from .sources import DatasetSource, Pair, SplitListing
+from .stain import dab_and_hematoxylin
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+MIN_SIDE = 64
+
+
+class BuildError(RuntimeError):
+    """A build that cannot proceed (locked folder, conflicting shards); one line."""
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """What defines the contents of the shards (besides the inputs).
+
+    Attributes
+    ----------
+    mask : MaskConfig
+        Parameters of Eq. 1.
+    shard_size : int
+        Pairs per shard (before rejections).
+    store_images : bool
+        Keep the H&E and IHC pixels in the shard (training needs them; without
+        them the shard refers to the source files by path).
+    min_tissue : float
+        A tile whose tissue fraction is below this is rejected as blank.
+    image_compression : {"none", "lzf", "gzip"}
+        HDF5 filter for the stored images (see :mod:`atst_prep.shards`).
+    """
+
+    mask: MaskConfig = MaskConfig()
+    shard_size: int = 32
+    store_images: bool = True
+    min_tissue: float = 0.01
+    image_compression: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.image_compression not in IMAGE_COMPRESSIONS:
+            raise ValueError(f"image_compression must be one of {', '.join(IMAGE_COMPRESSIONS)}, "
+                             f"got {self.image_compression!r}")
+        if not (1 <= self.shard_size <= 100_000):
+            raise ValueError(f"shard_size must be in [1, 100000], got {self.shard_size}")
+        if not (0.0 <= self.min_tissue <= 1.0):
+            raise ValueError(f"min_tissue must be in [0, 1], got {self.min_tissue}")
+
+    def params(self) -> dict:
+        """The parameters as stored in every shard and manifest."""
+        return {"mask": asdict(self.mask), "shard_size": self.shard_size,
+                "store_images": self.store_images, "min_tissue": self.min_tissue,
+                "image_compression": self.image_compression}
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One unit of work: a shard's pairs and where it goes."""
+
+    dataset_id: str
+    split: str
+    index: int
+    source_root: str
+    pairs: tuple[Pair, ...]
+    path: str
+
+    def fingerprint(self) -> str:
+        """Hash of the inputs (names, relative paths, file sizes): detects changed inputs."""
+        items = []
+        for p in self.pairs:
+            items.append([p.name, _rel(p.he, self.source_root), _rel(p.ihc, self.source_root),
+                          _size(p.he), _size(p.ihc), sorted(dict(p.meta).items())])
+        return hashlib.sha256(json.dumps(items).encode()).hexdigest()
+
+
+def _rel(path: Path, root: str) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _size(path: Path) -> int:
+    try:
+        return Path(path).stat().st_size
+    except OSError:
+        return -1
+
+
+# --------------------------------------------------------------------------- per pair
+
+
+def prepare_pair(pair: Pair, root: str, config: BuildConfig) -> PreparedPair:
+    """Read, check, unmix and mask one pair; raises InputError for a bad input."""
+    he = read_rgb(pair.he)
+    ihc = read_rgb(pair.ihc)
+    if he.shape != ihc.shape:
+        raise InputError(pair.ihc, f"size {ihc.shape[1]}x{ihc.shape[0]} differs from its H&E partner's "
+                                   f"{he.shape[1]}x{he.shape[0]} ({pair.he.name})")
+    if min(he.shape[:2]) < MIN_SIDE:
+        raise InputError(pair.he, f"too small ({he.shape[1]}x{he.shape[0]}); tiles need >= {MIN_SIDE} px a side")
+    fractions = {}
+    for label, path, image in (("H&E", pair.he, he), ("IHC", pair.ihc, ihc)):
+        reason, fractions[label] = blank_reason(image, config.min_tissue)
+        if reason:
+            raise InputError(path, f"{label}: {reason}")
+    dab, hema = dab_and_hematoxylin(ihc)
+    return PreparedPair(
+        name=pair.name, he_path=_rel(pair.he, root), ihc_path=_rel(pair.ihc, root), meta=dict(pair.meta),
+        he=he, ihc=ihc, dab=dab, hema=hema, mask=mask_from_dab(dab, config.mask),
+        tissue_fraction_he=fractions["H&E"], tissue_fraction_ihc=fractions["IHC"],
+    )
+
+
+def _rejection(split: str, name: str, error: InputError) -> dict:
+    return {"split": split, "name": name, "file": error.path, "reason": error.reason}
+
+
+# --------------------------------------------------------------------------- per shard
+
+
+def build_shard(task: ShardTask, config: BuildConfig) -> dict:
+    """Build one shard (runs in a worker); return its manifest entry.
+
+    Bad inputs are recorded in the shard's ``/rejected`` and returned; any
+    other exception propagates and leaves no shard behind.
+    """
+    import cv2
+
+    cv2.setNumThreads(1)  # one task per core; OpenCV's own threads would oversubscribe
+    header = {"dataset_id": task.dataset_id, "split": task.split, "shard_index": task.index,
+              "source_root": task.source_root, "params": config.params(),
+              "inputs_fingerprint": task.fingerprint()}
+    rejected = []
+    Path(task.path).parent.mkdir(parents=True, exist_ok=True)
+    with ShardWriter(Path(task.path), header, store_images=config.store_images,
+                     image_compression=config.image_compression) as writer:
+        for pair in task.pairs:
+            try:
+                prepared = prepare_pair(pair, task.source_root, config)
+            except InputError as exc:
+                record = _rejection(task.split, pair.name, exc)
+                writer.reject(record)
+                rejected.append(record)
+                continue
+            writer.add(prepared)
+        n_samples = writer.n_samples
+        path = writer.commit()
+    return _entry(task, path, n_samples, rejected)
+
+
+def _entry(task: ShardTask, path: Path, n_samples: int, rejected: list[dict]) -> dict:
+    return {"dataset_id": task.dataset_id, "file": f"{task.split}/{path.name}", "split": task.split, "index": task.index,
+            "n_pairs": len(task.pairs), "n_samples": n_samples, "bytes": path.stat().st_size,
+            "sha256": sha256_of(path), "rejected": rejected}
+
+
+# --------------------------------------------------------------------------- planning
+
+
+@dataclass
+class DatasetPlan:
+    """The shards of one dataset, those already done and those to build."""
+
+    source: DatasetSource
+    out_dir: Path
+    tasks: list[ShardTask]
+    listings: dict[str, SplitListing]
+    done: dict[str, dict] = field(default_factory=dict)      # task.path -> manifest entry
+    unpaired: list[dict] = field(default_factory=list)       # rejections found while listing
+
+    @property
+    def pending(self) -> list[ShardTask]:
+        return [t for t in self.tasks if t.path not in self.done]
+
+
+def plan_dataset(source: DatasetSource, out: Path, config: BuildConfig,
+                 splits: Sequence[str] | None = None, *, overwrite: bool = False) -> DatasetPlan:
+    """List the pairs of ``source`` and cut them into shard tasks under ``out/<id>/``."""
+    out_dir = Path(out) / source.id
+    listings, tasks, unpaired = {}, [], []
+    for split in source.splits:
+        if splits and split not in splits:
+            continue
+        listing = source.list_split(split)
+        listings[split] = listing
+        for path in listing.unmatched_he:
+            unpaired.append({"split": split, "name": Path(path).stem, "file": str(path),
+                             "reason": "H&E tile has no IHC partner"})
+        for path in listing.unmatched_ihc:
+            unpaired.append({"split": split, "name": Path(path).stem, "file": str(path),
+                             "reason": "IHC tile has no H&E partner"})
+        for path in listing.duplicates:
+            unpaired.append({"split": split, "name": Path(path).stem, "file": str(path),
+                             "reason": "duplicate name (another file in the folder has the same stem)"})
+        pairs = listing.pairs
+        for index, start in enumerate(range(0, len(pairs), config.shard_size)):
+            path = out_dir / split / f"shard-{index:05d}.h5"
+            tasks.append(ShardTask(source.id, split, index, str(source.root),
+                                   tuple(pairs[start:start + config.shard_size]), str(path)))
+    plan = DatasetPlan(source, out_dir, tasks, listings, unpaired=unpaired)
+    _reuse_finished(plan, config, overwrite)
+    return plan
+
+
+def _reuse_finished(plan: DatasetPlan, config: BuildConfig, overwrite: bool) -> None:
+    """Keep shards that exist with the same parameters and inputs; clear the rest."""
+    wanted = {t.path: t for t in plan.tasks}
+    for split in plan.listings:
+        folder = plan.out_dir / split
+        if not folder.is_dir():
+            continue
+        for stale in folder.glob(".shard-*.partial"):
+            stale.unlink(missing_ok=True)  # left by a killed build
+        for existing in sorted(folder.glob("shard-*.h5")):
+            task = wanted.get(str(existing))
+            try:
+                header = read_header(existing)
+            except ShardError:
+                header = None
+            if header is not None and header.get("params") != config.params():
+                if not overwrite:
+                    raise BuildError(
+                        f"{existing} was built with other parameters ({_param_diff(header.get('params'), config.params())}); "
+                        "use --overwrite to replace these shards or choose another --out")
+            if task is None or header is None or header.get("params") != config.params() \
+                    or header.get("inputs_fingerprint") != task.fingerprint():
+                log.info("removing outdated shard %s", existing)
+                existing.unlink()
+                continue
+            plan.done[task.path] = _entry(task, existing, int(header["n_samples"]), header["rejected"])
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _param_diff(old: dict | None, new: dict) -> str:
+    if not isinstance(old, dict):
+        return "unknown parameters"
+    a, b = _flatten(old), _flatten(new)
+    diffs = [f"{k} {a.get(k)} vs {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return ", ".join(diffs) or "same parameters"
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def write_manifest(plan: DatasetPlan, config: BuildConfig) -> Path:
+    """Write ``manifest.json`` atomically from what is done so far."""
+    splits = {}
+    for split, listing in plan.listings.items():
+        entries = sorted((e for e in plan.done.values() if e["split"] == split), key=lambda e: e["index"])
+        rejected = [r for r in plan.unpaired if r["split"] == split] + [r for e in entries for r in e["rejected"]]
+        n_tasks = sum(1 for t in plan.tasks if t.split == split)
+        splits[split] = {
+            "pairs_found": len(listing.pairs),
+            "samples": sum(e["n_samples"] for e in entries),
+            "complete": len(entries) == n_tasks,
+            "shards": [{k: e[k] for k in ("file", "n_pairs", "n_samples", "bytes", "sha256")} for e in entries],
+            "rejected": rejected,
+            "ignored_files": [str(p) for p in listing.ignored],
+        }
+    manifest = {
+        "schema": "atst-manifest", "schema_version": 1, "package_version": __version__,
+        "dataset_id": plan.source.id, "kind": plan.source.kind, "marker": plan.source.marker,
+        "source_root": str(plan.source.root), "params": config.params(), "splits": splits,
+    }
+    path = plan.out_dir / MANIFEST
+    tmp = path.with_name(f".{MANIFEST}.{os.getpid()}.partial")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(path: Path) -> dict:
+    """Load a manifest (``path`` may be the file or its folder)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BuildError(f"{path}: no manifest (run 'atst prep build-masks' first)") from None
+    except json.JSONDecodeError as exc:
+        raise BuildError(f"{path}: manifest is not valid JSON ({exc})") from None
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run_tasks(tasks: Sequence[ShardTask], config: BuildConfig, *, jobs: int = 1,
+              backend: str = "joblib", scheduler: str | None = None) -> Iterator[dict]:
+    """Run shard tasks and yield their entries as they finish (in any order)."""
+    if not tasks:
+        return
+    if backend == "dask":
+        yield from _run_dask(tasks, config, jobs, scheduler)
+    elif backend != "joblib":
+        raise BuildError(f"unknown backend {backend!r}; choose joblib or dask")
+    elif jobs == 1:
+        for task in tasks:
+            yield build_shard(task, config)
+    else:
+        from joblib import Parallel, delayed
+
+        parallel = Parallel(n_jobs=jobs, return_as="generator_unordered", backend="loky")
+        yield from parallel(delayed(build_shard)(t, config) for t in tasks)
+
+
+def _run_dask(tasks, config, jobs, scheduler) -> Iterator[dict]:
+    try:
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError:
+        raise BuildError("--backend dask needs 'dask[distributed]' (pip install 'dask[distributed]')") from None
+    cluster = None
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="10s")
+        except OSError as exc:
+            raise BuildError(f"cannot reach the Dask scheduler at {scheduler} ({exc})") from None
+    else:
+        cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None)
+        client = Client(cluster)
+    try:
+        futures = client.map(build_shard, list(tasks), config=config, pure=False)
+        for future in as_completed(futures):
+            yield future.result()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+class _Lock:
+    """An exclusive lock on an output folder, so two builds never interleave."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / ".lock"
+        self._fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise BuildError(f"{folder} is being written by another build (lock {self.path})") from None
+
+    def release(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+
+
+@dataclass
+class BuildSummary:
+    """What a build did, for the CLI's closing lines and exit code."""
+
+    datasets: list[str] = field(default_factory=list)
+    manifests: list[Path] = field(default_factory=list)
+    pairs: int = 0
+    samples: int = 0
+    shards_built: int = 0
+    shards_reused: int = 0
+    rejected: list[dict] = field(default_factory=list)
+
+
+def build(sources: Iterable[DatasetSource], out: Path, config: BuildConfig, *,
+          splits: Sequence[str] | None = None, jobs: int = 1, backend: str = "joblib",
+          scheduler: str | None = None, overwrite: bool = False,
+          on_start: Callable[[int, int], None] | None = None,
+          on_shard: Callable[[dict], None] | None = None,
+          on_reject: Callable[[dict], None] | None = None) -> BuildSummary:
+    """Build the shards of every source; see the module docstring.
+
+    ``on_start(total_pairs, pairs_already_done)`` is called once before any
+    work, ``on_shard(entry)`` after each finished shard and ``on_reject(record)``
+    for each rejected input, in the order they are known.
+    """
+    plans = [plan_dataset(s, out, config, splits, overwrite=overwrite) for s in sources]
+    locks = [_Lock(p.out_dir) for p in plans]
+    summary = BuildSummary()
+    try:
+        by_id = {p.source.id: p for p in plans}
+        for plan in plans:
+            write_manifest(plan, config)
+            for record in plan.unpaired:
+                summary.rejected.append(record)
+                if on_reject:
+                    on_reject(record)
+            for entry in plan.done.values():
+                for record in entry["rejected"]:
+                    summary.rejected.append(record)
+                    if on_reject:
+                        on_reject(record)
+        total = sum(len(t.pairs) for p in plans for t in p.tasks)
+        done = sum(e["n_pairs"] for p in plans for e in p.done.values())
+        if on_start:
+            on_start(total, done)
+        summary.shards_reused = sum(len(p.done) for p in plans)
+        pending = [t for p in plans for t in p.pending]
+        for entry in run_tasks(pending, config, jobs=jobs, backend=backend, scheduler=scheduler):
+            plan = by_id[entry["dataset_id"]]
+            plan.done[str(plan.out_dir / entry["file"])] = entry
+            write_manifest(plan, config)
+            summary.shards_built += 1
+            for record in entry["rejected"]:
+                summary.rejected.append(record)
+                if on_reject:
+                    on_reject(record)
+            if on_shard:
+                on_shard(entry)
+        for plan in plans:
+            summary.datasets.append(plan.source.id)
+            summary.manifests.append(write_manifest(plan, config))
+            summary.pairs += sum(len(t.pairs) for t in plan.tasks)
+            summary.samples += sum(e["n_samples"] for e in plan.done.values())
+    finally:
+        for lock in locks:
+            lock.release()
+    return summary
+

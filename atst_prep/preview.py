@@ -1,0 +1,87 @@
+"""``atst prep preview``: a contact sheet a person can check a build with.
+
+One row per sample: H&E | IHC | DAB density | IHC with the mask outlined
+(green) and, once nuclei are counted, their centroids (cyan dots).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import cv2
+import numpy as np
+
+from .images import read_rgb
+from .shards import iter_samples, read_header
+
+COLUMNS = ("H&E", "IHC", "DAB density", "IHC + mask")
+_HEADER = 28
+
+
+def _dab_colour(dab: np.ndarray, vmax: float = 0.5) -> np.ndarray:
+    """DAB density -> RGB, white (none) to dark brown (>= vmax)."""
+    t = np.clip(dab.astype(np.float32) / vmax, 0, 1)[..., None]
+    white, brown = np.float32([255, 255, 255]), np.float32([90, 45, 10])
+    return (white * (1 - t) + brown * t).astype(np.uint8)
+
+
+def _outline(ihc: np.ndarray, mask: np.ndarray, centroids: np.ndarray | None, scale: float) -> np.ndarray:
+    out = ihc.copy()
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(out, contours, -1, (0, 220, 0), thickness=max(1, int(round(2 / scale))))
+    if centroids is not None:
+        radius = max(1, int(round(2 / scale)))
+        for x, y in np.asarray(centroids).reshape(-1, 2):
+            cv2.circle(out, (int(round(x)), int(round(y))), radius, (0, 230, 230), -1)
+    return out
+
+
+def _label(tile: np.ndarray, text: str) -> None:
+    cv2.putText(tile, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(tile, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+
+
+def sample_row(sample: dict, thumb: int = 256) -> np.ndarray:
+    """One contact-sheet row (thumb, 4*thumb, 3) uint8 for one shard sample."""
+    ihc, mask = sample["ihc"], sample["mask"].astype(bool)
+    scale = thumb / max(ihc.shape[:2])
+    panels = [sample.get("he", np.full_like(ihc, 255)), ihc, _dab_colour(sample["dab"]),
+              _outline(ihc, mask, sample.get("centroids"), scale)]
+    size = (int(round(ihc.shape[1] * scale)), int(round(ihc.shape[0] * scale)))
+    row = np.full((thumb, thumb * len(panels), 3), 255, np.uint8)
+    for i, panel in enumerate(panels):
+        small = cv2.resize(panel, size, interpolation=cv2.INTER_AREA)
+        row[: size[1], i * thumb: i * thumb + size[0]] = small
+    _label(row, f"{sample['name']}  mask {mask.mean():.0%}")
+    return row
+
+
+def contact_sheet(samples: Iterable[dict], thumb: int = 256) -> np.ndarray:
+    """Stack sample rows under a header naming the columns; (H, W, 3) uint8 RGB."""
+    rows = [sample_row(s, thumb) for s in samples]
+    if not rows:
+        raise ValueError("no samples to preview")
+    header = np.full((_HEADER, rows[0].shape[1], 3), 255, np.uint8)
+    for i, title in enumerate(COLUMNS):
+        cv2.putText(header, title, (i * thumb + 8, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    gap = np.full((4, rows[0].shape[1], 3), 255, np.uint8)
+    parts = [header]
+    for row in rows:
+        parts += [row, gap]
+    return np.concatenate(parts[:-1], axis=0)
+
+
+def preview_shards(shard_paths: Iterable[Path], n: int = 8, thumb: int = 256) -> np.ndarray:
+    """Contact sheet of the first ``n`` samples found in ``shard_paths``."""
+    chosen = []
+    for path in shard_paths:
+        root = Path(read_header(path)["source_root"])
+        for sample in iter_samples(path, arrays=("he", "ihc", "dab", "mask")):
+            for key in ("he", "ihc"):  # shards built with --no-images refer to the sources
+                if key not in sample:
+                    sample[key] = read_rgb(root / sample[f"{key}_path"])
+            chosen.append(sample)
+            if len(chosen) >= n:
+                return contact_sheet(chosen, thumb)
+    return contact_sheet(chosen, thumb)

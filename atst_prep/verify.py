@@ -1,0 +1,61 @@
+"""``atst prep verify``: every shard listed, present, intact and on schema."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .build import MANIFEST, BuildError, read_manifest
+from .shards import sha256_of, validate
+
+
+@dataclass
+class VerifyReport:
+    manifests: list[Path] = field(default_factory=list)
+    shards_ok: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def find_manifests(root: Path) -> list[Path]:
+    """Manifests at ``root`` or one level below (``shards/`` holds one folder per dataset)."""
+    root = Path(root)
+    if (root / MANIFEST).is_file():
+        return [root / MANIFEST]
+    found = sorted(root.glob(f"*/{MANIFEST}")) if root.is_dir() else []
+    if not found:
+        raise BuildError(f"{root}: no {MANIFEST} here or in its sub-folders (run 'atst prep build-masks' first)")
+    return found
+
+
+def verify(root: Path, on_shard=None) -> VerifyReport:
+    """Check checksums, schema and completeness of every shard under ``root``."""
+    report = VerifyReport()
+    for manifest_path in find_manifests(root):
+        report.manifests.append(manifest_path)
+        manifest = read_manifest(manifest_path)
+        folder = manifest_path.parent
+        listed = set()
+        for split, info in manifest.get("splits", {}).items():
+            if not info.get("complete", False):
+                report.problems.append(f"{folder}: split {split!r} is incomplete (build interrupted?)")
+            for shard in info.get("shards", []):
+                path = folder / shard["file"]
+                listed.add(path.resolve())
+                problems = _check_shard(path, shard)
+                report.problems.extend(f"{path}: {p}" for p in problems)
+                report.shards_ok += not problems
+                if on_shard:
+                    on_shard(path)
+        for extra in sorted(folder.glob("*/shard-*.h5")):
+            if extra.resolve() not in listed:
+                report.problems.append(f"{extra}: shard file not listed in {manifest_path.name}")
+    return report
+
+
+def _check_shard(path: Path, entry: dict) -> list[str]:
+    if not path.is_file():
+        return ["missing"]
+    digest = sha256_of(path)
+    if digest != entry.get("sha256"):
+        return [f"checksum mismatch (file {digest[:12]}..., manifest {str(entry.get('sha256'))[:12]}...)"]
+    return validate(path)
