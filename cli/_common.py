@@ -1,0 +1,92 @@
+"""Console, error handling and progress shared by the commands."""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from typing import Callable
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+#: Messages and progress go to stderr so stdout stays clean for results.
+console = Console(stderr=True, highlight=False)
+
+EXIT_ERROR = 1
+EXIT_REJECTED = 3
+EXIT_INTERRUPTED = 130
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from atst_prep.build import BuildError
+    from atst_prep.images import InputError
+    from atst_prep.shards import ShardError
+    from atst_prep.sources import SourceError
+
+    return (BuildError, InputError, ShardError, SourceError, ConfigError)
+
+
+class ConfigError(ValueError):
+    """Invalid parameters given on the command line."""
+
+
+def make_config(factory: Callable, *args, **kwargs):
+    """Build a validated config; its ValueError becomes a one-line user error."""
+    try:
+        return factory(*args, **kwargs)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+def command(func: Callable) -> Callable:
+    """Turn user errors into one red line and exit 1, Ctrl-C into exit 130; no traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except _user_errors() as exc:
+            raise fail(str(exc)) from None
+        except OSError as exc:  # unwritable folder, disk full: the user's to fix, no traceback
+            where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+            raise fail(f"{where}{exc.strerror or exc}") from None
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/]: finished work is kept; run the same command again to resume")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+
+    return wrapper
+
+
+def default_jobs() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class RateColumn(TextColumn):
+    """Items per second since the bar started (not counting work found done)."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__("")
+        self.unit = unit
+
+    def render(self, task):
+        start = task.fields.get("t0")
+        done = task.completed - task.fields.get("skipped", 0)
+        rate = done / (time.perf_counter() - start) if start and done > 0 else 0.0
+        return f"{rate:6.1f} {self.unit}/s"
+
+
+def progress_bar(unit: str) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(unit),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+    )

@@ -1,0 +1,32 @@
+"""The ``atst`` application: ``atst prep ...``, ``atst data ...``."""
+
+from __future__ import annotations
+
+import typer
+
+from atst_prep import __version__
+
+from . import data, prep
+
+app = typer.Typer(
+    help="ATST toolkit: virtual IHC staining of H&E supervised by masks from the consecutive IHC section.",
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+)
+app.add_typer(prep.app, name="prep")
+app.add_typer(data.app, name="data")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"atst {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Show the version and exit.")) -> None:
+    """ATST toolkit."""
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,142 @@
+"""``atst prep``: offline preparation (masks, shards, checks)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ._common import EXIT_ERROR, EXIT_REJECTED, command, console, default_jobs, fail, make_config, progress_bar
+
+app = typer.Typer(help="Offline preparation: masks and stain channels into HDF5 shards.", no_args_is_help=True)
+
+
+@app.command("build-masks")
+@command
+def build_masks(
+    data: Path = typer.Option(Path("data"), "--data", help="Folder holding MIST, BCI or a folder of H&E/IHC pairs "
+                              "(several datasets side by side are all built)."),
+    out: Path = typer.Option(Path("shards"), "--out", help="Output folder; shards go to OUT/<dataset>/<split>/."),
+    dataset: Optional[list[str]] = typer.Option(None, "--dataset", help="Only these dataset ids (e.g. mist-her2, bci)."),
+    split: Optional[list[str]] = typer.Option(None, "--split", help="Only these splits (e.g. train)."),
+    closing_radius: Optional[int] = typer.Option(None, "--closing-radius", "-r", help="Radius in px of the mask's "
+                                                 "closing disk (Eq. 1). Default: the dataset descriptor's, else 30."),
+    sigma: float = typer.Option(1.0, help="Gaussian sigma in px before Otsu."),
+    min_dab: float = typer.Option(0.03, help="DAB density below which nothing is foreground (blank tiles give "
+                                  "empty masks); 0 reproduces the public script exactly."),
+    min_tissue: float = typer.Option(0.01, help="Reject tiles with a smaller tissue fraction as blank."),
+    shard_size: int = typer.Option(32, help="Pairs per shard file."),
+    no_images: bool = typer.Option(False, "--no-images", help="Do not copy H&E/IHC pixels into the shards."),
+    image_compression: str = typer.Option("none", help="HDF5 filter for stored images: none (fastest), lzf, gzip."),
+    jobs: int = typer.Option(0, "--jobs", "-j", help="Parallel workers (0 = all cores)."),
+    backend: str = typer.Option("joblib", help="joblib (this machine) or dask (a Dask cluster)."),
+    scheduler: Optional[str] = typer.Option(None, help="Dask scheduler address, e.g. tcp://host:8786 "
+                                            "(default with --backend dask: a local cluster)."),
+    overwrite: bool = typer.Option(False, help="Replace shards built with other parameters."),
+) -> None:
+    """Turn H&E/IHC pairs into HDF5 shards of images, DAB/hematoxylin densities and masks.
+
+    Resumable: re-running skips finished shards. Exit codes: 0 done, 1 error,
+    3 done but some inputs were rejected (listed, and in the manifest), 130 interrupted.
+    """
+    from atst_prep.build import BuildConfig, build
+    from atst_prep.mask import MaskConfig
+    from atst_prep.sources import count_mismatch, detect, load_descriptor
+
+    sources = detect(data)
+    if dataset:
+        unknown = sorted(set(dataset) - {s.id for s in sources})
+        if unknown:
+            raise fail(f"{data}: no dataset {', '.join(unknown)} (found: {', '.join(s.id for s in sources)})")
+        sources = [s for s in sources if s.id in dataset]
+    descriptors = {s.id: load_descriptor(s.id) for s in sources}
+    radii = {d.closing_radius for d in descriptors.values() if d is not None}
+    radius = closing_radius if closing_radius is not None else (radii.pop() if len(radii) == 1 else 30)
+    config = make_config(BuildConfig, mask=make_config(MaskConfig, sigma=sigma, closing_radius=radius,
+                                                        min_dab=min_dab),
+                         shard_size=shard_size, store_images=not no_images, min_tissue=min_tissue,
+                         image_compression=image_compression)
+    for source in sources:
+        for name in source.splits:
+            if split and name not in split:
+                continue
+            warning = count_mismatch(source, source.list_split(name), descriptors[source.id])
+            if warning:
+                console.print(f"[yellow]warning:[/] {warning}")
+    jobs = jobs or default_jobs()
+    console.print(f"building {', '.join(s.id for s in sources)} -> {out}  (closing radius {radius} px, "
+                  f"{jobs} {backend} worker{'s' * (jobs > 1)})")
+
+    bar = progress_bar("pairs")
+    task = bar.add_task("build-masks", total=None)
+
+    def on_start(total: int, done: int) -> None:
+        bar.update(task, total=total, completed=done, skipped=done, t0=time.perf_counter())
+        if done:
+            console.print(f"resuming: {done} of {total} pairs are already in finished shards")
+
+    def on_reject(record: dict) -> None:
+        console.print(f"[yellow]rejected[/] {record['file']}: {record['reason']}")
+
+    with bar:
+        summary = build(sources, out, config, splits=split, jobs=jobs, backend=backend, scheduler=scheduler,
+                        overwrite=overwrite, on_start=on_start, on_reject=on_reject,
+                        on_shard=lambda e: bar.advance(task, e["n_pairs"]))
+    typer.echo(f"{summary.samples} pairs in shards ({summary.shards_built} shards built, "
+               f"{summary.shards_reused} already done); {len(summary.rejected)} inputs rejected")
+    for manifest in summary.manifests:
+        typer.echo(f"manifest: {manifest}")
+    if summary.rejected:
+        console.print(f"[yellow]{len(summary.rejected)} inputs were rejected[/] (reasons above and in the manifest)")
+        raise typer.Exit(EXIT_REJECTED)
+
+
+@app.command()
+@command
+def preview(
+    shards: Path = typer.Option(Path("shards"), "--shards", help="Shard folder (as --out of build-masks) or one "
+                                "dataset's folder."),
+    n: int = typer.Option(8, "--n", help="Samples to show."),
+    out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default: <dataset folder>/preview.png)."),
+    thumb: int = typer.Option(256, help="Thumbnail side in px."),
+) -> None:
+    """Write a PNG contact sheet per dataset: H&E | IHC | DAB | mask outline over IHC."""
+    import cv2
+
+    from atst_prep.build import read_manifest
+    from atst_prep.preview import preview_shards
+    from atst_prep.verify import find_manifests
+
+    for manifest_path in find_manifests(shards):
+        manifest = read_manifest(manifest_path)
+        folder = manifest_path.parent
+        paths = [folder / s["file"] for info in manifest["splits"].values() for s in info["shards"]
+                 if s["n_samples"] > 0]
+        if not paths:
+            console.print(f"[yellow]warning:[/] {folder}: no samples to preview")
+            continue
+        sheet = preview_shards(paths, n=n, thumb=thumb)
+        target = out if out is not None else folder / "preview.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not cv2.imwrite(str(target), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
+            raise fail(f"{target}: could not write PNG")
+        typer.echo(f"preview: {target}")
+
+
+@app.command()
+@command
+def verify(
+    shards: Path = typer.Option(Path("shards"), "--shards", help="Shard folder or one dataset's folder."),
+) -> None:
+    """Check every shard: listed in its manifest, checksum, schema, complete splits. Exit 1 on any problem."""
+    from atst_prep.verify import verify as run_verify
+
+    report = run_verify(shards)
+    for problem in report.problems:
+        console.print(f"[red]problem[/] {problem}")
+    typer.echo(f"{report.shards_ok} shards OK, {len(report.problems)} problems "
+               f"({len(report.manifests)} manifest{'s' * (len(report.manifests) != 1)})")
+    if report.problems:
+        raise typer.Exit(EXIT_ERROR)
