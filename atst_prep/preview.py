@@ -19,7 +19,7 @@ COLUMNS = ("H&E", "IHC", "DAB density", "IHC + mask")
 _HEADER = 28
 
 
-def _dab_colour(dab: np.ndarray, vmax: float = 0.5) -> np.ndarray:
+def _dab_colour(dab: np.ndarray, vmax: float = 0.25) -> np.ndarray:
     """DAB density -> RGB, white (none) to dark brown (>= vmax)."""
     t = np.clip(dab.astype(np.float32) / vmax, 0, 1)[..., None]
     white, brown = np.float32([255, 255, 255]), np.float32([90, 45, 10])
@@ -27,13 +27,14 @@ def _dab_colour(dab: np.ndarray, vmax: float = 0.5) -> np.ndarray:
 
 
 def _outline(ihc: np.ndarray, mask: np.ndarray, centroids: np.ndarray | None, scale: float) -> np.ndarray:
+    """The (already downscaled) IHC with the mask tinted and outlined in green, centroids as cyan dots."""
     out = ihc.copy()
+    out[mask] = (0.7 * out[mask] + 0.3 * np.float32([0, 255, 0])).astype(np.uint8)
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
-    cv2.drawContours(out, contours, -1, (0, 220, 0), thickness=max(1, int(round(2 / scale))))
+    cv2.drawContours(out, contours, -1, (0, 200, 0), thickness=1, lineType=cv2.LINE_AA)
     if centroids is not None:
-        radius = max(1, int(round(2 / scale)))
-        for x, y in np.asarray(centroids).reshape(-1, 2):
-            cv2.circle(out, (int(round(x)), int(round(y))), radius, (0, 230, 230), -1)
+        for x, y in np.asarray(centroids).reshape(-1, 2) * scale:
+            cv2.circle(out, (int(round(x)), int(round(y))), 1, (0, 230, 230), -1)
     return out
 
 
@@ -46,13 +47,14 @@ def sample_row(sample: dict, thumb: int = 256) -> np.ndarray:
     """One contact-sheet row (thumb, 4*thumb, 3) uint8 for one shard sample."""
     ihc, mask = sample["ihc"], sample["mask"].astype(bool)
     scale = thumb / max(ihc.shape[:2])
-    panels = [sample.get("he", np.full_like(ihc, 255)), ihc, _dab_colour(sample["dab"]),
-              _outline(ihc, mask, sample.get("centroids"), scale)]
     size = (int(round(ihc.shape[1] * scale)), int(round(ihc.shape[0] * scale)))
+    small = {k: cv2.resize(sample[k], size, interpolation=cv2.INTER_AREA) for k in ("he", "ihc", "dab")}
+    small_mask = cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA) >= 0.5
+    panels = [small["he"], small["ihc"], _dab_colour(small["dab"]),
+              _outline(small["ihc"], small_mask, sample.get("centroids"), scale)]
     row = np.full((thumb, thumb * len(panels), 3), 255, np.uint8)
     for i, panel in enumerate(panels):
-        small = cv2.resize(panel, size, interpolation=cv2.INTER_AREA)
-        row[: size[1], i * thumb: i * thumb + size[0]] = small
+        row[: size[1], i * thumb: i * thumb + size[0]] = panel
     _label(row, f"{sample['name']}  mask {mask.mean():.0%}")
     return row
 

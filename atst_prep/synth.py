@@ -43,7 +43,8 @@ import numpy as np
 
 from . import _synth_render as R
 
-__all__ = ["SynthConfig", "SynthPair", "render_pair", "write_dataset", "load_truth", "pair_seed", "transform_points"]
+__all__ = ["SynthConfig", "SynthPair", "render_pair", "write_dataset", "load_truth", "pair_seed", "transform_points",
+           "is_synthetic"]
 
 log = logging.getLogger(__name__)
 
@@ -391,6 +392,11 @@ def write_dataset(out: Path, *, n_train: int, n_val: int, config: SynthConfig = 
         finally:
             writer.close()
     return root
+
+
+def is_synthetic(marker_root: Path) -> bool:
+    """True for a MIST-like marker folder written by :func:`write_dataset` (it holds truth files)."""
+    return any(Path(marker_root).glob("truth_*.npz"))
 
 
 def load_truth(path: Path) -> dict[str, dict]:

@@ -106,7 +106,7 @@ def main() -> None:
         print(f"{row['radius']:>4} {row['reference_ms']:>13.1f} {row['ours_ms']:>9.2f} "
               f"{row['ratio']:>7.0f}x {row['iou']:>8.5f}")
 
-    builds = build_benchmark(8 if quick else 32)
+    builds = build_benchmark(8 if quick else 48)
     print("\nFull build of synthetic 1024x1024 JPEG pairs (read, check, unmix, mask r=30, write, checksum)")
     print("(wall: whole call incl. worker start-up; steady: first to last finished shard)")
     print(f"{'workers':>8} {'pairs':>6} {'wall s':>7} {'pairs/s':>8} {'steady pairs/s':>15} "

@@ -152,3 +152,13 @@ def test_interrupted_build_resumes_to_the_same_shards(tmp_path, big_data, sig):
     for rel in ref_files:
         assert (out / rel).read_bytes() == (tmp_path / "ref" / rel).read_bytes(), rel
     assert not list(out.rglob("*.partial"))
+
+
+@pytest.mark.slow
+def test_dask_backend_without_a_scheduler_starts_a_local_cluster(tmp_path, synth_data):
+    pytest.importorskip("distributed")
+    out = tmp_path / "shards"
+    result = runner.invoke(app, ["prep", "build-masks", "--data", str(synth_data), "--out", str(out), "-r", "5",
+                                 "--backend", "dask", "-j", "2"])
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(app, ["prep", "verify", "--shards", str(out)]).exit_code == 0
