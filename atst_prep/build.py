@@ -11,20 +11,18 @@ stopped and ends with the same files as an uninterrupted one.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
-
-import numpy as np
+from typing import Callable, Iterable, Sequence
 
 from . import __version__
 from .images import InputError, blank_reason, read_rgb
 from .mask import MaskConfig, mask_from_dab
+from .runner import BuildError, FolderLock, run_tasks
 from .shards import IMAGE_COMPRESSIONS, PreparedPair, ShardError, ShardWriter, read_header, sha256_of
 from .sources import DatasetSource, Pair, SplitListing
 from .stain import dab_and_hematoxylin
@@ -33,10 +31,6 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 MIN_SIDE = 64
-
-
-class BuildError(RuntimeError):
-    """A build that cannot proceed (locked folder, conflicting shards); one line."""
 
 
 @dataclass(frozen=True)
@@ -319,70 +313,6 @@ def read_manifest(path: Path) -> dict:
         raise BuildError(f"{path}: manifest is not valid JSON ({exc})") from None
 
 
-# --------------------------------------------------------------------------- running
-
-
-def run_tasks(tasks: Sequence[ShardTask], config: BuildConfig, *, jobs: int = 1,
-              backend: str = "joblib", scheduler: str | None = None) -> Iterator[dict]:
-    """Run shard tasks and yield their entries as they finish (in any order)."""
-    if not tasks:
-        return
-    if backend == "dask":
-        yield from _run_dask(tasks, config, jobs, scheduler)
-    elif backend != "joblib":
-        raise BuildError(f"unknown backend {backend!r}; choose joblib or dask")
-    elif jobs == 1:
-        for task in tasks:
-            yield build_shard(task, config)
-    else:
-        from joblib import Parallel, delayed
-
-        parallel = Parallel(n_jobs=jobs, return_as="generator_unordered", backend="loky")
-        yield from parallel(delayed(build_shard)(t, config) for t in tasks)
-
-
-def _run_dask(tasks, config, jobs, scheduler) -> Iterator[dict]:
-    try:
-        from distributed import Client, LocalCluster, as_completed
-    except ImportError:
-        raise BuildError("--backend dask needs 'dask[distributed]' (pip install 'dask[distributed]')") from None
-    cluster = None
-    if scheduler:
-        try:
-            client = Client(scheduler, timeout="10s")
-        except OSError as exc:
-            raise BuildError(f"cannot reach the Dask scheduler at {scheduler} ({exc})") from None
-    else:
-        cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None)
-        client = Client(cluster)
-    try:
-        futures = client.map(build_shard, list(tasks), config=config, pure=False)
-        for future in as_completed(futures):
-            yield future.result()
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
-
-
-class _Lock:
-    """An exclusive lock on an output folder, so two builds never interleave."""
-
-    def __init__(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.path = folder / ".lock"
-        self._fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            raise BuildError(f"{folder} is being written by another build (lock {self.path})") from None
-
-    def release(self) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
-
-
 @dataclass
 class BuildSummary:
     """What a build did, for the CLI's closing lines and exit code."""
@@ -409,7 +339,7 @@ def build(sources: Iterable[DatasetSource], out: Path, config: BuildConfig, *,
     for each rejected input, in the order they are known.
     """
     plans = [plan_dataset(s, out, config, splits, overwrite=overwrite) for s in sources]
-    locks = [_Lock(p.out_dir) for p in plans]
+    locks = [FolderLock(p.out_dir) for p in plans]
     summary = BuildSummary()
     try:
         by_id = {p.source.id: p for p in plans}
@@ -430,7 +360,7 @@ def build(sources: Iterable[DatasetSource], out: Path, config: BuildConfig, *,
             on_start(total, done)
         summary.shards_reused = sum(len(p.done) for p in plans)
         pending = [t for p in plans for t in p.pending]
-        for entry in run_tasks(pending, config, jobs=jobs, backend=backend, scheduler=scheduler):
+        for entry in run_tasks(build_shard, pending, config, jobs=jobs, backend=backend, scheduler=scheduler):
             plan = by_id[entry["dataset_id"]]
             plan.done[str(plan.out_dir / entry["file"])] = entry
             write_manifest(plan, config)

@@ -12,7 +12,7 @@ import pytest
 from atst_prep.build import BuildConfig, BuildError, build, read_manifest
 from atst_prep.images import read_rgb
 from atst_prep.mask import MaskConfig, dab_mask
-from atst_prep.shards import decode_density, iter_samples, read_header, validate
+from atst_prep.shards import iter_samples, read_header, validate
 from atst_prep.sources import detect
 from atst_prep.stain import dab_and_hematoxylin
 
@@ -143,9 +143,9 @@ def test_store_images_can_be_turned_off(synth_data, tmp_path):
 
 def test_second_build_into_a_locked_folder_is_refused(built, synth_data):
     out, _ = built
-    from atst_prep.build import _Lock
+    from atst_prep.runner import FolderLock
 
-    lock = _Lock(out / "mist-her2")
+    lock = FolderLock(out / "mist-her2")
     try:
         with pytest.raises(BuildError, match="another build"):
             _build(synth_data, out)

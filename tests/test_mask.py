@@ -7,7 +7,7 @@ import pytest
 from skimage.filters import gaussian, threshold_otsu
 
 from atst_prep import mask as mk
-from atst_prep.stain import dab_gray, dab_channel
+from atst_prep.stain import dab_channel, dab_gray
 from atst_prep.synth import SynthConfig, render_pair
 
 from .oracle import iou, reference_dab_gray, reference_mask
