@@ -162,3 +162,29 @@ def test_dask_backend_on_a_local_cluster_gives_the_same_shards(built, synth_data
         summary = _build(synth_data, tmp_path, backend="dask", scheduler=cluster.scheduler_address)
     assert summary.shards_built == 3
     assert _shard_bytes(tmp_path) == _shard_bytes(out)
+
+
+def test_mist_bci_and_folder_layouts_build_side_by_side(tmp_path, synth_data):
+    """One data/ folder holding all three layouts: each becomes its own dataset of shards."""
+    import cv2
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_data / "MIST", data / "MIST")
+    mist = data / "MIST" / "HER2" / "TrainValAB"
+    for i, name in enumerate(sorted(p.stem for p in (mist / "trainA").glob("*.jpg"))[:4]):
+        split = "train" if i < 3 else "test"
+        for side, folder in (("HE", "trainA"), ("IHC", "trainB")):
+            target = data / "BCI_dataset" / side / split
+            target.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(target / f"{i:05d}_{split}_2+.png"), cv2.imread(str(mist / folder / f"{name}.jpg")))
+        for side, folder in (("he", "trainA"), ("ihc", "trainB")):
+            (data / "my_pairs" / side).mkdir(parents=True, exist_ok=True)
+            shutil.copy(mist / folder / f"{name}.jpg", data / "my_pairs" / side / f"tile{i}.jpg")
+    summary = _build(data, tmp_path / "shards")
+    assert summary.datasets == ["bci", "mist-her2", "my-pairs"] and not summary.rejected
+    bci = read_manifest(tmp_path / "shards" / "bci")
+    assert {k: v["samples"] for k, v in bci["splits"].items()} == {"train": 3, "test": 1}
+    folder = read_manifest(tmp_path / "shards" / "my-pairs")
+    assert folder["splits"]["all"]["samples"] == 4
+    sample = next(iter_samples(tmp_path / "shards" / "bci" / "train" / "shard-00000.h5", arrays=()))
+    assert sample["meta"] == {"her2_level": "2+"}
