@@ -21,6 +21,8 @@ __all__ = ["IMAGE_EXTENSIONS", "KNOWN_IDS", "MIST_MARKERS", "DatasetDescriptor",
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
 #: MIST marker folders, in their canonical spelling (matched case-insensitively).
 MIST_MARKERS = ("HER2", "ER", "PR", "Ki67")
+#: Markers whose DAB stains nuclei (positive nuclei are brown, not blue).
+NUCLEAR_MARKERS = frozenset({"ER", "PR", "Ki67"})
 #: Ids that have a descriptor; a plain folder never takes one of them.
 KNOWN_IDS = ("bci", "mist-er", "mist-her2", "mist-ki67", "mist-pr")
 

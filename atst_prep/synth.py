@@ -207,7 +207,10 @@ def render_pair(config: SynthConfig, seed: int, *, shift=None, rotation=None) ->
         ``truth`` keys: "positive_mask_he", "positive_mask_ihc" (H, W) bool;
         "centroids_he", "centroids_ihc", "positive_centroids_he",
         "positive_centroids_ihc" (N, 2) float32 (x, y) px of the nuclei
-        (centres of the drawn ellipses) in the tile; "nucleus_match" (N_ihc,)
+        (centres of the drawn ellipses) in the tile; "nucleus_labels_ihc"
+        (H, W) uint16 instance labels in the IHC frame (label k = row k-1 of
+        "centroids_ihc"; cut nuclei centred outside the tile follow);
+        "nucleus_positive_ihc" (N_ihc,) bool; "nucleus_match" (N_ihc,)
         int32, row of "centroids_he" each IHC nucleus comes from (-1: new in
         the IHC section or outside the H&E tile); "shift" (dx, dy), "rotation"
         (deg), "elastic_amplitude" (px), "elastic_coeffs" (2, 6, 6),
@@ -291,6 +294,7 @@ def render_pair(config: SynthConfig, seed: int, *, shift=None, rotation=None) ->
     ihc_vis = R.in_tile(ihc_xy, s)
     src = ihn["source"][ihc_vis]
     match = np.where(src >= 0, he_row[np.maximum(src, 0)], -1).astype(np.int32)
+    labels_ihc = _tile_labels(lab_i, ihc_vis, map_x, map_y)
     truth = {
         "positive_mask_ihc": mask_ihc,
         "positive_mask_he": region[crop].copy(),
@@ -299,6 +303,8 @@ def render_pair(config: SynthConfig, seed: int, *, shift=None, rotation=None) ->
         "centroids_ihc": ihc_xy[ihc_vis].astype(np.float32),
         "centroids_he": he_xy[he_vis].astype(np.float32),
         "nucleus_match": match,
+        "nucleus_labels_ihc": labels_ihc,
+        "nucleus_positive_ihc": ihn["positive"][ihc_vis].copy(),
         "shift": (float(dxdy[0]), float(dxdy[1])),
         "rotation": rot,
         "elastic_amplitude": float(cfg.elastic_amplitude),
@@ -313,6 +319,20 @@ def render_pair(config: SynthConfig, seed: int, *, shift=None, rotation=None) ->
         "seed": seed,
     }
     return SynthPair(he=he, ihc=ihc, truth=truth, he_jpeg=he_bytes, ihc_jpeg=ihc_bytes)
+
+
+def _tile_labels(canvas_labels: np.ndarray, visible: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
+    """Instance labels of the IHC nuclei in the IHC frame, (H, W) uint16.
+
+    Label ``k`` (1-based) is row ``k - 1`` of ``centroids_ihc`` for nuclei whose
+    centre lies in the tile; nuclei cut by the tile edge whose centre lies
+    outside get the labels after those; 0 is background.
+    """
+    order = np.concatenate([np.flatnonzero(visible), np.flatnonzero(~visible)])
+    relabel = np.zeros(len(visible) + 1, np.float32)
+    relabel[order + 1] = np.arange(1, len(order) + 1)
+    warped = cv2.remap(relabel[canvas_labels], map_x, map_y, cv2.INTER_NEAREST)
+    return warped.astype(np.uint16)
 
 
 class _NpzWriter:
