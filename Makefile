@@ -31,7 +31,7 @@ demo: $(STAMP) ## Synthetic pairs -> build-masks -> preview and verify; prints w
 	$(BIN)/atst prep preview --shards $(DEMO)/shards --n 6
 	$(BIN)/atst prep verify --shards $(DEMO)/shards
 	@echo ""
-	@echo "Pictures: $(DEMO)/shards/mist-her2/preview.png  (H&E | IHC | DAB | mask outline)"
+	@echo "Pictures: $(DEMO)/shards/mist-her2/preview.png  (H&E | IHC | DAB | mask outline + nuclei)"
 	@echo "Shards:   $(DEMO)/shards/mist-her2/  (manifest.json lists them)"
 
 test: $(STAMP) ## Run the whole test suite (what CI runs)

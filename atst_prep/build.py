@@ -3,8 +3,8 @@
 Work is cut into shards of ``shard_size`` consecutive pairs (sorted by name),
 one task per shard, so the shard a pair lands in never depends on how many
 workers run. A task reads and checks its pairs, computes the stain channels
-and Eq. 1, and writes the shard under a temporary name that is renamed only
-when the shard is complete. A re-run skips every shard that already exists
+and Eq. 1 (and, with ``BuildConfig.counter``, detects the nuclei), and writes
+the shard under a temporary name that is renamed only when it is complete. A re-run skips every shard that already exists
 with the same parameters and inputs, so an interrupted build resumes where it
 stopped and ends with the same files as an uninterrupted one.
 """
@@ -14,22 +14,23 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from . import __version__
 from .images import InputError, blank_reason, read_rgb
+from .manifest import MANIFEST, dataset_manifest, param_diff, read_manifest, write_manifest_file
 from .mask import MaskConfig, mask_from_dab
+from .nuclei.store import counter_identity, detect_stored, load_counter, nuclei_diff, open_counter
 from .runner import BuildError, FolderLock, run_tasks
 from .shards import IMAGE_COMPRESSIONS, PreparedPair, ShardError, ShardWriter, read_header, sha256_of
 from .sources import DatasetSource, Pair, SplitListing
 from .stain import dab_and_hematoxylin
 
+__all__ = ["MANIFEST", "BuildConfig", "BuildError", "BuildSummary", "build", "read_manifest"]
+
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 MIN_SIDE = 64
 
 
@@ -50,6 +51,14 @@ class BuildConfig:
         A tile whose tissue fraction is below this is rejected as blank.
     image_compression : {"none", "lzf", "gzip"}
         HDF5 filter for the stored images (see :mod:`atst_prep.shards`).
+    counter : str or None
+        Nucleus counter (:func:`atst_prep.nuclei.make_counter` name) run on
+        every pair at build time; None leaves ``nuclei/`` pending. It is made
+        once here (a missing weights file fails now) to learn its identity.
+    counter_options : tuple of (name, value)
+        Keyword arguments of the counter (e.g. ``(("channel", "hema+dab"),)``).
+    counter_weights : str or None
+        Its weights file (``"cppnet"``).
     """
 
     mask: MaskConfig = MaskConfig()
@@ -57,6 +66,9 @@ class BuildConfig:
     store_images: bool = True
     min_tissue: float = 0.01
     image_compression: str = "none"
+    counter: str | None = None
+    counter_weights: str | None = None
+    counter_options: tuple[tuple[str, object], ...] = ()
 
     def __post_init__(self) -> None:
         if self.image_compression not in IMAGE_COMPRESSIONS:
@@ -66,12 +78,27 @@ class BuildConfig:
             raise ValueError(f"shard_size must be in [1, 100000], got {self.shard_size}")
         if not (0.0 <= self.min_tissue <= 1.0):
             raise ValueError(f"min_tissue must be in [0, 1], got {self.min_tissue}")
+        if self.counter_weights is not None and self.counter is None:
+            raise ValueError("a nucleus-counter weights file needs a counter (--counter)")
+        identity = None
+        if self.counter is not None:  # CounterError (a ValueError) for a bad name or weights file
+            counter = load_counter(self.counter, self.counter_weights, self.counter_options)
+            identity = counter_identity(counter, self.counter_weights)
+        object.__setattr__(self, "_nuclei", identity)
+
+    @property
+    def nuclei(self) -> dict | None:
+        """The counter's identity (see :mod:`atst_prep.nuclei.store`), or None without one."""
+        return self._nuclei
 
     def params(self) -> dict:
-        """The parameters as stored in every shard and manifest."""
-        return {"mask": asdict(self.mask), "shard_size": self.shard_size,
-                "store_images": self.store_images, "min_tissue": self.min_tissue,
-                "image_compression": self.image_compression}
+        """The parameters as stored in every shard and manifest (``nuclei`` only with a counter)."""
+        params = {"mask": asdict(self.mask), "shard_size": self.shard_size,
+                  "store_images": self.store_images, "min_tissue": self.min_tissue,
+                  "image_compression": self.image_compression}
+        if self.nuclei is not None:
+            params["nuclei"] = self.nuclei
+        return params
 
 
 @dataclass(frozen=True)
@@ -153,9 +180,11 @@ def build_shard(task: ShardTask, config: BuildConfig) -> dict:
               "source_root": task.source_root, "params": config.params(),
               "inputs_fingerprint": task.fingerprint()}
     rejected = []
+    counter = open_counter(config.counter, config.counter_weights, config.nuclei,
+                           config.counter_options) if config.counter else None
     Path(task.path).parent.mkdir(parents=True, exist_ok=True)
     with ShardWriter(Path(task.path), header, store_images=config.store_images,
-                     image_compression=config.image_compression) as writer:
+                     image_compression=config.image_compression, counter=config.nuclei) as writer:
         for pair in task.pairs:
             try:
                 prepared = prepare_pair(pair, task.source_root, config)
@@ -164,7 +193,7 @@ def build_shard(task: ShardTask, config: BuildConfig) -> dict:
                 writer.reject(record)
                 rejected.append(record)
                 continue
-            writer.add(prepared)
+            writer.add(prepared, detect_stored(counter, prepared.hema, prepared.dab) if counter else None)
         n_samples = writer.n_samples
         path = writer.commit()
     return _entry(task, path, n_samples, rejected)
@@ -241,9 +270,7 @@ def _reuse_finished(plan: DatasetPlan, config: BuildConfig, overwrite: bool) -> 
                 header = None
             if header is not None and header.get("params") != config.params():
                 if not overwrite:
-                    raise BuildError(
-                        f"{existing} was built with other parameters ({_param_diff(header.get('params'), config.params())}); "
-                        "use --overwrite to replace these shards or choose another --out")
+                    raise BuildError(_conflict(existing, header.get("params"), config))
             if task is None or header is None or header.get("params") != config.params() \
                     or header.get("inputs_fingerprint") != task.fingerprint():
                 log.info("removing outdated shard %s", existing)
@@ -252,22 +279,21 @@ def _reuse_finished(plan: DatasetPlan, config: BuildConfig, overwrite: bool) -> 
             plan.done[task.path] = _entry(task, existing, int(header["n_samples"]), header["rejected"])
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def _param_diff(old: dict | None, new: dict) -> str:
+def _conflict(existing: Path, old: dict | None, config: BuildConfig) -> str:
+    """Why ``existing`` cannot be reused (a different counter is named, not listed parameter by parameter)."""
+    new = config.params()
     if not isinstance(old, dict):
-        return "unknown parameters"
-    a, b = _flatten(old), _flatten(new)
-    diffs = [f"{k} {a.get(k)} vs {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    return ", ".join(diffs) or "same parameters"
+        return f"{existing} was built with unknown parameters; use --overwrite to replace it or choose another --out"
+    rest_old, rest_new = ({k: v for k, v in p.items() if k != "nuclei"} for p in (old, new))
+    diffs = [param_diff(rest_old, rest_new)] if rest_old != rest_new else []
+    diffs += [nuclei_diff(old.get("nuclei"), new.get("nuclei"))] if old.get("nuclei") != new.get("nuclei") else []
+    hint = ""
+    if rest_old == rest_new and old.get("nuclei") is None:
+        hint = f" (or count them in place: 'atst prep count-nuclei --counter {config.counter}')"
+    elif rest_old == rest_new and config.counter is None:
+        hint = f" (or keep their nuclei: --counter {old['nuclei'].get('counter')})"
+    return (f"{existing} was built with other parameters ({', '.join(diffs)}); "
+            f"use --overwrite to replace these shards or choose another --out{hint}")
 
 
 # --------------------------------------------------------------------------- manifest
@@ -275,42 +301,7 @@ def _param_diff(old: dict | None, new: dict) -> str:
 
 def write_manifest(plan: DatasetPlan, config: BuildConfig) -> Path:
     """Write ``manifest.json`` atomically from what is done so far."""
-    splits = {}
-    for split, listing in plan.listings.items():
-        entries = sorted((e for e in plan.done.values() if e["split"] == split), key=lambda e: e["index"])
-        rejected = [r for r in plan.unpaired if r["split"] == split] + [r for e in entries for r in e["rejected"]]
-        n_tasks = sum(1 for t in plan.tasks if t.split == split)
-        splits[split] = {
-            "pairs_found": len(listing.pairs),
-            "samples": sum(e["n_samples"] for e in entries),
-            "complete": len(entries) == n_tasks,
-            "shards": [{k: e[k] for k in ("file", "n_pairs", "n_samples", "bytes", "sha256")} for e in entries],
-            "rejected": rejected,
-            "ignored_files": [str(p) for p in listing.ignored],
-        }
-    manifest = {
-        "schema": "atst-manifest", "schema_version": 1, "package_version": __version__,
-        "dataset_id": plan.source.id, "kind": plan.source.kind, "marker": plan.source.marker,
-        "source_root": str(plan.source.root), "params": config.params(), "splits": splits,
-    }
-    path = plan.out_dir / MANIFEST
-    tmp = path.with_name(f".{MANIFEST}.{os.getpid()}.partial")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def read_manifest(path: Path) -> dict:
-    """Load a manifest (``path`` may be the file or its folder)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / MANIFEST
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise BuildError(f"{path}: no manifest (run 'atst prep build-masks' first)") from None
-    except json.JSONDecodeError as exc:
-        raise BuildError(f"{path}: manifest is not valid JSON ({exc})") from None
+    return write_manifest_file(plan.out_dir, dataset_manifest(plan, config.params()))
 
 
 @dataclass
@@ -324,6 +315,13 @@ class BuildSummary:
     shards_built: int = 0
     shards_reused: int = 0
     rejected: list[dict] = field(default_factory=list)
+
+    def merge(self, other: "BuildSummary") -> None:
+        """Add another build's results (the CLI builds datasets of different markers one after another)."""
+        for key in ("datasets", "manifests", "rejected"):
+            getattr(self, key).extend(getattr(other, key))
+        for key in ("pairs", "samples", "shards_built", "shards_reused"):
+            setattr(self, key, getattr(self, key) + getattr(other, key))
 
 
 def build(sources: Iterable[DatasetSource], out: Path, config: BuildConfig, *,

@@ -4,7 +4,9 @@ Layout (schema version 1)::
 
     /                       attrs: schema, schema_version, package_version,
                                    dataset_id, split, shard_index, n_samples,
-                                   source_root, params (JSON), stores_images
+                                   source_root, params (JSON), stores_images;
+                                   nuclei_source_sha256 once count-nuclei has
+                                   rewritten it (the checksum of the shard before)
     /names                  (N,) str       pair names, in sample order
     /rejected               (R,) str       one JSON object per rejected input
     /samples/<i:05d>/       attrs: name, he_path, ihc_path (relative to
@@ -15,8 +17,12 @@ Layout (schema version 1)::
         dab, hema           (H, W) uint16   IHC optical density in rgb2hed units
                                             times 10^4 (attrs scale = 1e-4)
         mask                (H, W) uint8    1 = DAB-positive (Eq. 1)
-        nuclei/             attrs: status = "pending" until a counter fills
-                            centroids (K, 2) float32 (x, y) px and areas
+        nuclei/             attrs: status = "pending" until a counter fills it, then
+                                   status = "done", counter (name), counter_version,
+                                   counter_params (JSON), count (N) and, for counters
+                                   with a weights file, weights_sha256
+            centroids       (N, 2) float32  (x, y) px of each nucleus in the tile
+            areas           (N,) int32      px
         alignment/          attrs: status = "pending" until filtering fills it
 
 Storage choices (measured, see README): every array is chunked 256x256, so
@@ -27,6 +33,11 @@ are fixed-point uint16 (1e-4 steps, finer than one byte step of the input at
 any intensity; range 0-6.5) with byte shuffle and LZF: ~0.9 MB per channel.
 The mask is uint8 with LZF (~0.1 MB). A 1024x1024 pair costs ~8 MB, or ~2 MB
 without images.
+
+Nuclei are detected on the stored (fixed-point) densities, whether at build
+time (``build-masks --counter``) or later (``count-nuclei``), so both give the
+same nuclei; the counter's identity is also in the root ``params`` (key
+``nuclei``), which is what resuming compares.
 
 Files are written under a temporary name and renamed when complete, so a
 shard that exists is whole. Times are not tracked, so the same inputs and
@@ -57,6 +68,7 @@ CHANNEL_KEYS = ("dab", "hema")
 CHANNEL_SCALE = 1e-4
 IMAGE_COMPRESSIONS = ("none", "lzf", "gzip")
 SAMPLE_ATTRS = ("name", "he_path", "ihc_path", "meta", "height", "width")
+NUCLEI_STATUSES = ("pending", "done")
 
 
 class ShardError(ValueError):
@@ -106,6 +118,39 @@ def decode_density(stored: np.ndarray) -> np.ndarray:
     return np.asarray(stored, np.float32) * np.float32(CHANNEL_SCALE)
 
 
+def as_stored(density: np.ndarray) -> np.ndarray:
+    """``density`` as a reader of the shard will get it back (rounded to the fixed point)."""
+    return decode_density(encode_density(density))
+
+
+def write_nuclei(group: h5py.Group, nuclei, counter: Mapping) -> None:
+    """Store ``nuclei`` in sample ``group``'s ``nuclei/``, replacing whatever was there.
+
+    ``nuclei`` has ``centroids`` (N, 2) (x, y) px and ``areas`` (N,) px (an
+    :class:`atst_prep.nuclei.Nuclei`); ``counter`` is the counter's identity
+    as in the root ``params["nuclei"]``: ``{"counter", "version", "params"}``
+    and, for a weights file, ``"weights_sha256"``.
+    """
+    centroids = np.asarray(nuclei.centroids, np.float32).reshape(-1, 2)
+    areas = np.asarray(nuclei.areas).astype(np.int32).reshape(-1)
+    if len(areas) != len(centroids):
+        raise ValueError(f"{len(centroids)} centroids but {len(areas)} areas")
+    g = group.require_group("nuclei")
+    for key in ("centroids", "areas"):
+        if key in g:
+            del g[key]
+    for key in list(g.attrs):
+        del g.attrs[key]
+    g.create_dataset("centroids", data=centroids, track_times=False)
+    g.create_dataset("areas", data=areas, track_times=False)
+    attrs = {"status": "done", "counter": counter["counter"], "counter_version": str(counter["version"]),
+             "counter_params": json.dumps(counter.get("params", {}), sort_keys=True), "count": len(areas)}
+    if counter.get("weights_sha256"):
+        attrs["weights_sha256"] = counter["weights_sha256"]
+    for key, value in attrs.items():
+        g.attrs[key] = value
+
+
 _STR = h5py.string_dtype("utf-8")
 
 
@@ -118,13 +163,14 @@ class ShardWriter:
     """
 
     def __init__(self, final_path: Path, header: Mapping[str, object], *, store_images: bool = True,
-                 image_compression: str = "none") -> None:
+                 image_compression: str = "none", counter: Mapping | None = None) -> None:
         if image_compression not in IMAGE_COMPRESSIONS:
             raise ValueError(f"image_compression must be one of {IMAGE_COMPRESSIONS}, got {image_compression!r}")
         self.image_compression = None if image_compression == "none" else image_compression
         self.final_path = Path(final_path)
         self.tmp_path = self.final_path.with_name(f".{self.final_path.name}.{os.getpid()}.partial")
         self.store_images = store_images
+        self.counter = counter
         self._header = dict(header)
         self._names: list[str] = []
         self._rejected: list[str] = []
@@ -139,7 +185,10 @@ class ShardWriter:
             self._file = None
             self.tmp_path.unlink(missing_ok=True)
 
-    def add(self, pair: PreparedPair) -> None:
+    def add(self, pair: PreparedPair, nuclei=None) -> None:
+        """Write one pair; ``nuclei`` (detected on :func:`as_stored` densities) needs the writer's ``counter``."""
+        if nuclei is not None and self.counter is None:
+            raise ValueError("nuclei given to a ShardWriter made without a counter identity")
         index = len(self._names)
         g = self._file.create_group(f"samples/{index:05d}", track_order=False)
         height, width = pair.mask.shape
@@ -167,7 +216,10 @@ class ShardWriter:
             d.attrs["units"] = "rgb2hed optical density"
             d.attrs["scale"] = CHANNEL_SCALE
         _dataset(g, "mask", mask)
-        g.create_group("nuclei").attrs["status"] = "pending"
+        if nuclei is None:
+            g.create_group("nuclei").attrs["status"] = "pending"
+        else:
+            write_nuclei(g, nuclei, self.counter)
         g.create_group("alignment").attrs["status"] = "pending"
         self._names.append(pair.name)
 
@@ -200,11 +252,11 @@ class ShardWriter:
         f.close()
         self._file = None
         os.replace(self.tmp_path, self.final_path)
-        _fsync_dir(self.final_path.parent)
+        fsync_dir(self.final_path.parent)
         return self.final_path
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -292,11 +344,38 @@ def _validate_sample(g: h5py.Group, images: bool) -> list[str]:
     for key in ("nuclei", "alignment"):
         if key not in g:
             problems.append(f"missing group {key!r}")
+    if "nuclei" in g:
+        problems.extend(_validate_nuclei(g["nuclei"]))
+    return problems
+
+
+def _validate_nuclei(g: h5py.Group) -> list[str]:
+    status = _plain(g.attrs.get("status"))
+    if status not in NUCLEI_STATUSES:
+        return [f"nuclei status {status!r} (expected one of {', '.join(NUCLEI_STATUSES)})"]
+    if status == "pending":
+        return []
+    problems = [f"nuclei: missing attribute {a!r}" for a in ("counter", "counter_version", "counter_params", "count")
+                if a not in g.attrs]
+    if "centroids" not in g or "areas" not in g:
+        return problems + ["nuclei: status done but centroids or areas missing"]
+    centroids, areas = g["centroids"], g["areas"]
+    n = len(areas)
+    if centroids.shape != (n, 2) or centroids.dtype != np.float32:
+        problems.append(f"nuclei/centroids is {centroids.shape} {centroids.dtype}, expected ({n}, 2) float32")
+    if areas.ndim != 1 or areas.dtype != np.int32:
+        problems.append(f"nuclei/areas is {areas.shape} {areas.dtype}, expected ({n},) int32")
+    if "count" in g.attrs and int(g.attrs["count"]) != n:
+        problems.append(f"nuclei count attribute {int(g.attrs['count'])} for {n} nuclei")
     return problems
 
 
 def iter_samples(path: Path, *, arrays: tuple[str, ...] = ("he", "ihc", "dab", "mask")) -> Iterator[dict]:
-    """Yield each sample of a shard as a dict of its attributes and the named arrays."""
+    """Yield each sample of a shard as a dict of its attributes and the named arrays.
+
+    Once nuclei are counted, ``centroids`` (N, 2) float32 (x, y) px and
+    ``areas`` (N,) int32 are included whatever ``arrays`` says.
+    """
     with h5py.File(path, "r") as f:
         for key in sorted(f["samples"]):
             g = f["samples"][key]
@@ -307,4 +386,5 @@ def iter_samples(path: Path, *, arrays: tuple[str, ...] = ("he", "ihc", "dab", "
                     sample[a] = decode_density(g[a][()]) if a in CHANNEL_KEYS else g[a][()]
             if "nuclei" in g and "centroids" in g["nuclei"]:
                 sample["centroids"] = g["nuclei/centroids"][()]
+                sample["areas"] = g["nuclei/areas"][()]
             yield sample

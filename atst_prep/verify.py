@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .build import MANIFEST, BuildError, read_manifest
+from .manifest import find_manifests, read_manifest
 from .shards import sha256_of, validate
+
+__all__ = ["VerifyReport", "find_manifests", "verify"]
 
 
 @dataclass
@@ -14,17 +16,6 @@ class VerifyReport:
     manifests: list[Path] = field(default_factory=list)
     shards_ok: int = 0
     problems: list[str] = field(default_factory=list)
-
-
-def find_manifests(root: Path) -> list[Path]:
-    """Manifests at ``root`` or one level below (``shards/`` holds one folder per dataset)."""
-    root = Path(root)
-    if (root / MANIFEST).is_file():
-        return [root / MANIFEST]
-    found = sorted(root.glob(f"*/{MANIFEST}")) if root.is_dir() else []
-    if not found:
-        raise BuildError(f"{root}: no {MANIFEST} here or in its sub-folders (run 'atst prep build-masks' first)")
-    return found
 
 
 def verify(root: Path, on_shard=None) -> VerifyReport:
@@ -35,6 +26,9 @@ def verify(root: Path, on_shard=None) -> VerifyReport:
         manifest = read_manifest(manifest_path)
         folder = manifest_path.parent
         listed = set()
+        if manifest.get("nuclei_complete") is False:
+            report.problems.append(f"{folder}: nuclei are counted in only some shards "
+                                   "(count-nuclei interrupted? run it again)")
         for split, info in manifest.get("splits", {}).items():
             if not info.get("complete", False):
                 report.problems.append(f"{folder}: split {split!r} is incomplete (build interrupted?)")

@@ -22,10 +22,11 @@ EXIT_INTERRUPTED = 130
 def _user_errors() -> tuple[type[Exception], ...]:
     from atst_prep.build import BuildError
     from atst_prep.images import InputError
+    from atst_prep.nuclei.store import CounterError
     from atst_prep.shards import ShardError
     from atst_prep.sources import SourceError
 
-    return (BuildError, InputError, ShardError, SourceError, ConfigError)
+    return (BuildError, CounterError, InputError, ShardError, SourceError, ConfigError)
 
 
 class ConfigError(ValueError):

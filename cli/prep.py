@@ -30,20 +30,29 @@ def build_masks(
     shard_size: int = typer.Option(32, help="Pairs per shard file."),
     no_images: bool = typer.Option(False, "--no-images", help="Do not copy H&E/IHC pixels into the shards."),
     image_compression: str = typer.Option("none", help="HDF5 filter for stored images: none (fastest), lzf, gzip."),
-    jobs: int = typer.Option(0, "--jobs", "-j", help="Parallel workers (0 = all cores)."),
+    jobs: int = typer.Option(0, "--jobs", "-j", help="Parallel workers (0 = all cores; 1 with --counter cppnet, "
+                             "whose network already uses every core or the GPU)."),
     backend: str = typer.Option("joblib", help="joblib (this machine) or dask (a Dask cluster)."),
     scheduler: Optional[str] = typer.Option(None, help="Dask scheduler address, e.g. tcp://host:8786 "
                                             "(default with --backend dask: a local cluster)."),
+    counter: str = typer.Option("classical", "--counter", help="Nucleus counter run on every pair: classical "
+                                "(no weights), cppnet (needs --nuclei-weights), or none (nuclei left pending)."),
+    nuclei_weights: Optional[Path] = typer.Option(None, "--nuclei-weights", help="Weights of the nucleus counter "
+                                                  "(cppnet: a checkpoint from 'atst prep train-nuclei')."),
+    nuclei_channel: str = typer.Option("auto", help="What the classical counter detects nuclei on: hema, "
+                                       "hema+dab, or auto (hema+dab for nuclear markers ER/PR/Ki67, whose "
+                                       "positive nuclei are brown; hema otherwise)."),
     overwrite: bool = typer.Option(False, help="Replace shards built with other parameters."),
 ) -> None:
-    """Turn H&E/IHC pairs into HDF5 shards of images, DAB/hematoxylin densities and masks.
+    """Turn H&E/IHC pairs into HDF5 shards of images, DAB/hematoxylin densities, masks and nuclei.
 
     Resumable: re-running skips finished shards. Exit codes: 0 done, 1 error,
     3 done but some inputs were rejected (listed, and in the manifest), 130 interrupted.
     """
-    from atst_prep.build import BuildConfig, build
+    from atst_prep.build import BuildConfig, BuildSummary, build
     from atst_prep.mask import MaskConfig
-    from atst_prep.sources import count_mismatch, detect, load_descriptor
+    from atst_prep.nuclei.store import NO_COUNTER
+    from atst_prep.sources import NUCLEAR_MARKERS, count_mismatch, detect, load_descriptor
     from atst_prep.synth import is_synthetic
 
     sources = detect(data)
@@ -55,10 +64,22 @@ def build_masks(
     descriptors = {s.id: load_descriptor(s.id) for s in sources}
     radii = {d.closing_radius for d in descriptors.values() if d is not None}
     radius = closing_radius if closing_radius is not None else (radii.pop() if len(radii) == 1 else 30)
-    config = make_config(BuildConfig, mask=make_config(MaskConfig, sigma=sigma, closing_radius=radius,
-                                                        min_dab=min_dab),
-                         shard_size=shard_size, store_images=not no_images, min_tissue=min_tissue,
-                         image_compression=image_compression)
+    mask = make_config(MaskConfig, sigma=sigma, closing_radius=radius, min_dab=min_dab)
+    if nuclei_channel not in ("auto", "hema", "hema+dab"):
+        raise fail(f"--nuclei-channel must be auto, hema or hema+dab, got {nuclei_channel!r}")
+    groups: dict[tuple, list] = {}  # datasets that share one configuration are built together
+    for source in sources:
+        options = ()
+        if counter == "classical":
+            channel = nuclei_channel if nuclei_channel != "auto" else \
+                ("hema+dab" if source.marker in NUCLEAR_MARKERS else "hema")
+            options = (("channel", channel),)
+        groups.setdefault(options, []).append(source)
+    configs = {options: make_config(
+        BuildConfig, mask=mask, shard_size=shard_size, store_images=not no_images, min_tissue=min_tissue,
+        image_compression=image_compression, counter=None if counter == NO_COUNTER else counter,
+        counter_weights=str(nuclei_weights) if nuclei_weights is not None else None, counter_options=options)
+        for options in groups}
     for source in sources:
         if source.kind == "mist" and is_synthetic(source.root.parent):
             console.print(f"{source.id}: synthetic data (atst data synth), not checked against published counts")
@@ -69,25 +90,33 @@ def build_masks(
             warning = count_mismatch(source, source.list_split(name), descriptors[source.id])
             if warning:
                 console.print(f"[yellow]warning:[/] {warning}")
-    jobs = jobs or default_jobs()
+    jobs = jobs or (1 if counter == "cppnet" else default_jobs())
     console.print(f"building {', '.join(s.id for s in sources)} -> {out}  (closing radius {radius} px, "
-                  f"{jobs} {backend} worker{'s' * (jobs > 1)})")
+                  f"nuclei: {counter}, {jobs} {backend} worker{'s' * (jobs > 1)})")
 
     bar = progress_bar("pairs")
     task = bar.add_task("build-masks", total=None)
 
     def on_start(total: int, done: int) -> None:
-        bar.update(task, total=total, completed=done, skipped=done, t0=time.perf_counter())
         if done:
             console.print(f"resuming: {done} of {total} pairs are already in finished shards")
+        state = bar.tasks[0]
+        bar.update(task, total=(state.total or 0) + total, completed=state.completed + done,
+                   skipped=state.fields.get("skipped", 0) + done, t0=state.fields.get("t0", time.perf_counter()))
+        bar.start()  # only now: an error while planning stays one line, without a bar above it
 
     def on_reject(record: dict) -> None:
         console.print(f"[yellow]rejected[/] {record['file']}: {record['reason']}")
 
-    with bar:
-        summary = build(sources, out, config, splits=split, jobs=jobs, backend=backend, scheduler=scheduler,
-                        overwrite=overwrite, on_start=on_start, on_reject=on_reject,
-                        on_shard=lambda e: bar.advance(task, e["n_pairs"]))
+    summary = BuildSummary()
+    try:
+        for options, group in groups.items():
+            summary.merge(build(group, out, configs[options], splits=split, jobs=jobs, backend=backend,
+                                scheduler=scheduler, overwrite=overwrite, on_start=on_start, on_reject=on_reject,
+                                on_shard=lambda e: bar.advance(task, e["n_pairs"])))
+    finally:
+        if bar.live.is_started:
+            bar.stop()
     typer.echo(f"{summary.samples} pairs in shards ({summary.shards_built} shards built, "
                f"{summary.shards_reused} already done); {len(summary.rejected)} inputs rejected")
     for manifest in summary.manifests:
@@ -95,6 +124,54 @@ def build_masks(
     if summary.rejected:
         console.print(f"[yellow]{len(summary.rejected)} inputs were rejected[/] (reasons above and in the manifest)")
         raise typer.Exit(EXIT_REJECTED)
+
+
+@app.command("count-nuclei")
+@command
+def count_nuclei(
+    shards: Path = typer.Option(Path("shards"), "--shards", help="Shard folder (as --out of build-masks) or one "
+                                "dataset's folder."),
+    counter: str = typer.Option("classical", "--counter", help="Nucleus counter: classical (no weights) or cppnet "
+                                "(needs --nuclei-weights)."),
+    nuclei_weights: Optional[Path] = typer.Option(None, "--nuclei-weights", help="Weights of the nucleus counter "
+                                                  "(cppnet: a checkpoint from 'atst prep train-nuclei')."),
+    jobs: int = typer.Option(0, "--jobs", "-j", help="Parallel workers (0 = all cores; 1 with --counter cppnet, "
+                             "whose network already uses every core or the GPU)."),
+    backend: str = typer.Option("joblib", help="joblib (this machine) or dask (a Dask cluster)."),
+    scheduler: Optional[str] = typer.Option(None, help="Dask scheduler address, e.g. tcp://host:8786 "
+                                            "(default with --backend dask: a local cluster)."),
+    overwrite: bool = typer.Option(False, help="Recount shards whose nuclei came from another counter."),
+) -> None:
+    """Detect nuclei in every sample of existing shards: centroids and areas into each sample's nuclei/.
+
+    Each shard is rewritten whole (copy, count, rename) and its manifest checksum
+    updated; shards already counted by this counter are skipped, so an
+    interrupted run resumes. Exit codes: 0 done, 1 error, 130 interrupted.
+    """
+    from atst_prep.nuclei.store import count_nuclei as run_count
+
+    jobs = jobs or (1 if counter == "cppnet" else default_jobs())
+    console.print(f"counting nuclei in {shards} with {counter} ({jobs} {backend} worker{'s' * (jobs > 1)})")
+    bar = progress_bar("pairs")
+    task = bar.add_task("count-nuclei", total=None)
+
+    def on_start(total: int, done: int) -> None:
+        if done:
+            console.print(f"resuming: {done} of {total} pairs are already counted by {counter}")
+        bar.update(task, total=total, completed=done, skipped=done, t0=time.perf_counter())
+        bar.start()  # only once the counter is made and the shards are checked
+
+    try:
+        summary = run_count(shards, counter, nuclei_weights, jobs=jobs, backend=backend, scheduler=scheduler,
+                            overwrite=overwrite, on_start=on_start,
+                            on_shard=lambda e: bar.advance(task, e["n_samples"]))
+    finally:
+        if bar.live.is_started:
+            bar.stop()
+    typer.echo(f"{summary.samples} pairs counted in {summary.shards_counted} shards "
+               f"({summary.shards_skipped} already counted); {summary.nuclei} nuclei found")
+    for manifest in summary.manifests:
+        typer.echo(f"manifest: {manifest}")
 
 
 @app.command()
@@ -106,7 +183,7 @@ def preview(
     out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default: <dataset folder>/preview.png)."),
     thumb: int = typer.Option(256, help="Thumbnail side in px."),
 ) -> None:
-    """Write a PNG contact sheet per dataset: H&E | IHC | DAB | mask outline over IHC."""
+    """Write a PNG contact sheet per dataset: H&E | IHC | DAB | mask outline and nuclei over IHC."""
     import cv2
 
     from atst_prep.build import read_manifest

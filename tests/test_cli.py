@@ -15,6 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from atst_prep.build import read_manifest
+from atst_prep.preview import NUCLEUS_COLOUR
+from atst_prep.shards import iter_samples
 from atst_prep.synth import SynthConfig, write_dataset
 from cli.main import app
 
@@ -30,8 +32,8 @@ def _run(args, cwd, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(ATST + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300, **kwargs)
 
 
-@pytest.mark.parametrize("args", [[], ["prep"], ["data"], ["prep", "build-masks"], ["prep", "preview"],
-                                  ["prep", "verify"], ["data", "synth"]])
+@pytest.mark.parametrize("args", [[], ["prep"], ["data"], ["prep", "build-masks"], ["prep", "count-nuclei"],
+                                  ["prep", "preview"], ["prep", "verify"], ["data", "synth"]])
 def test_every_command_has_help(args):
     result = runner.invoke(app, args + ["--help"])
     assert result.exit_code == 0, result.output
@@ -46,6 +48,30 @@ def test_build_masks_as_written_from_the_readme_data_folder(tmp_path, synth_data
     assert manifest["params"]["mask"]["closing_radius"] == 5
     assert sum(s["samples"] for s in manifest["splits"].values()) == 8
     assert "pairs/s" in result.stderr
+    assert manifest["params"]["nuclei"]["counter"] == "classical"  # counted by default
+    for sample in iter_samples(tmp_path / "shards" / "mist-her2" / "val" / "shard-00000.h5", arrays=()):
+        assert sample["centroids"].shape == (sample["areas"].shape[0], 2) and len(sample["areas"]) > 0
+
+
+def test_count_nuclei_after_a_build_without_counting_then_preview_shows_them_and_verify_passes(tmp_path, synth_data):
+    out = tmp_path / "shards"
+    result = runner.invoke(app, ["prep", "build-masks", "--data", str(synth_data), "--out", str(out), "-r", "5",
+                                 "--shard-size", "4", "--counter", "none", "-j", "1"])
+    assert result.exit_code == 0, result.output
+    shard = out / "mist-her2" / "train" / "shard-00000.h5"
+    assert "centroids" not in next(iter_samples(shard, arrays=()))
+    result = runner.invoke(app, ["prep", "count-nuclei", "--shards", str(out), "-j", "1"])
+    assert result.exit_code == 0, result.output
+    assert "8 pairs counted in 3 shards (0 already counted)" in result.output and "pairs/s" in result.output
+    assert all(len(s["centroids"]) > 0 for s in iter_samples(shard, arrays=()))
+    result = runner.invoke(app, ["prep", "count-nuclei", "--shards", str(out), "-j", "1"])
+    assert result.exit_code == 0 and "0 pairs counted in 0 shards (3 already counted)" in result.output
+    result = runner.invoke(app, ["prep", "verify", "--shards", str(out)])
+    assert result.exit_code == 0 and "3 shards OK, 0 problems" in result.output
+    result = runner.invoke(app, ["prep", "preview", "--shards", str(out), "--n", "2"])
+    assert result.exit_code == 0, result.output
+    sheet = cv2.cvtColor(cv2.imread(str(out / "mist-her2" / "preview.png")), cv2.COLOR_BGR2RGB)
+    assert (sheet == NUCLEUS_COLOUR).all(axis=-1).sum() > 20  # cyan centroid dots
 
 
 def test_build_preview_verify_with_flags(tmp_path, synth_data):
@@ -93,6 +119,11 @@ def test_rejected_inputs_give_one_line_each_and_exit_code_3(tmp_path, synth_data
     (["prep", "build-masks", "--closing-radius", "-4"], "closing_radius"),
     (["prep", "verify", "--shards", "nothing-here"], "no manifest.json"),
     (["prep", "build-masks", "--backend", "spark"], "unknown backend"),
+    (["prep", "build-masks", "--counter", "cppnet", "--nuclei-weights", "missing.pt"], "missing.pt"),
+    (["prep", "count-nuclei", "--counter", "cppnet", "--nuclei-weights", "missing.pt"], "missing.pt"),
+    (["prep", "count-nuclei", "--counter", "cppnet", "--nuclei-weights", "data"], "data"),
+    (["prep", "count-nuclei", "--counter", "nope"], "unknown nucleus counter 'nope'"),
+    (["prep", "count-nuclei", "--shards", "nothing-here"], "no manifest.json"),
 ])
 def test_user_errors_are_one_line_without_traceback(tmp_path, synth_data, args, message):
     shutil.copytree(synth_data, tmp_path / "data")
@@ -162,3 +193,41 @@ def test_dask_backend_without_a_scheduler_starts_a_local_cluster(tmp_path, synth
                                  "--backend", "dask", "-j", "2"])
     assert result.exit_code == 0, result.output
     assert runner.invoke(app, ["prep", "verify", "--shards", str(out)]).exit_code == 0
+
+
+@pytest.mark.slow
+def test_count_nuclei_killed_mid_run_leaves_old_or_new_shards_and_resumes_to_the_same_bytes(tmp_path, big_data):
+    build = _run(["prep", "build-masks", "--data", str(big_data), "--out", str(tmp_path / "pending"), "-r", "30",
+                  "--shard-size", "1", "--counter", "none", "-j", "1"], cwd=tmp_path)
+    assert build.returncode == 0, build.stderr
+    for name in ("ref", "out"):
+        shutil.copytree(tmp_path / "pending", tmp_path / name)
+    reference = _run(["prep", "count-nuclei", "--shards", str(tmp_path / "ref"), "-j", "1"], cwd=tmp_path)
+    assert reference.returncode == 0, reference.stderr
+
+    out = tmp_path / "out"
+    shards = sorted(p.relative_to(out) for p in out.rglob("shard-*.h5"))
+    inodes = {rel: (out / rel).stat().st_ino for rel in shards}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(ATST + ["prep", "count-nuclei", "--shards", str(out), "-j", "1"], cwd=tmp_path, env=env,
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while all((out / rel).stat().st_ino == inodes[rel] for rel in shards):  # until one shard is replaced
+        assert proc.poll() is None, "count-nuclei finished before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    old = {rel: (tmp_path / "pending" / rel).read_bytes() for rel in shards}
+    new = {rel: (tmp_path / "ref" / rel).read_bytes() for rel in shards}
+    now = {rel: (out / rel).read_bytes() for rel in shards}
+    assert all(now[rel] in (old[rel], new[rel]) for rel in shards)
+    assert 0 < sum(now[rel] == new[rel] for rel in shards) < len(shards)
+
+    resumed = _run(["prep", "count-nuclei", "--shards", str(out), "-j", "1"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stderr
+    assert all((out / rel).read_bytes() == new[rel] for rel in shards)
+    assert not list(out.rglob("*.partial"))
+    verified = _run(["prep", "verify", "--shards", str(out)], cwd=tmp_path)
+    assert verified.returncode == 0 and "10 shards OK, 0 problems" in verified.stdout

@@ -1,0 +1,277 @@
+"""Nuclei into shards: counters by name, their identity, and ``atst prep count-nuclei``.
+
+A counter's *identity* ``{"counter", "version", "params"[, "weights_sha256"]}``
+is what a shard records about the counter that filled its ``nuclei/`` groups
+(root ``params["nuclei"]``, and per sample), so resuming can tell counts made
+by another counter or another weights file from its own.
+
+``count_nuclei`` counts the samples of shards that already exist, one task per
+shard (joblib or Dask, as ``build-masks``). A task copies its shard to
+``.shard-XXXXX.h5.<pid>.partial`` in the same folder, checking the copy's
+SHA-256 against the manifest on the way, writes the nuclei of every sample
+into the copy, fsyncs it and renames it over the original: a shard is always
+either wholly old or wholly new, and a killed run leaves only ``.partial``
+files, removed by the next run. Shards already counted with the same counter
+are skipped; counts of another counter are replaced only with ``overwrite``.
+The manifest's size and checksum of each rewritten shard are updated as it
+finishes, under the folder's lock. A rewritten shard records the checksum of
+the shard it replaced (root attribute ``nuclei_source_sha256``): a run killed
+between a rename and the manifest update leaves a manifest still listing that
+old checksum, which the next run recognises and corrects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import h5py
+
+from ..manifest import MANIFEST, find_manifests, param_diff, read_manifest, write_manifest_file
+from ..runner import BuildError, FolderLock, run_tasks
+from ..shards import as_stored, decode_density, fsync_dir, read_header, sha256_of, write_nuclei
+from . import make_counter
+
+#: The value of ``--counter`` that turns counting off.
+NO_COUNTER = "none"
+
+
+class CounterError(ValueError):
+    """A counter that cannot be made (unknown name, missing or unusable weights); one line."""
+
+
+def load_counter(name: str, weights: str | Path | None = None, options: tuple = ()):
+    """``make_counter(name, weights, **options)``, failures turned into one-line :class:`CounterError`."""
+    weights = Path(weights) if weights is not None else None
+    try:
+        return make_counter(name, weights=weights, **dict(options))
+    except FileNotFoundError as exc:
+        if exc.filename and exc.strerror:
+            raise CounterError(f"{exc.filename}: {exc.strerror} (--nuclei-weights)") from None
+        raise CounterError(str(exc)) from None
+    except ImportError as exc:
+        raise CounterError(f"nucleus counter {name!r} is not available here ({exc})") from None
+    except TypeError:
+        if weights is None:
+            raise
+        raise CounterError(f"nucleus counter {name!r} takes no weights file (--nuclei-weights)") from None
+    except ValueError as exc:
+        raise CounterError(str(exc).splitlines()[0] if str(exc) else repr(exc)) from None
+
+
+def counter_identity(counter, weights: str | Path | None = None) -> dict:
+    """What identifies ``counter``'s results: name, version, params, and the weights file's SHA-256."""
+    params = counter.params()
+    identity = {"counter": counter.name, "version": str(counter.version), "params": params}
+    if weights is not None:
+        identity["weights_sha256"] = params.get("weights_sha256") or sha256_of(Path(weights))
+    return json.loads(json.dumps(identity, sort_keys=True))  # as it reads back from JSON
+
+
+def describe(identity: dict | None) -> str:
+    """``"classical v1"``, ``"cppnet v1 (weights 1a2b3c4d5e6f)"`` or ``"no counter"``."""
+    if not identity:
+        return "no counter"
+    text = f"{identity.get('counter')} v{identity.get('version')}"
+    if identity.get("weights_sha256"):
+        text += f" (weights {identity['weights_sha256'][:12]})"
+    return text
+
+
+def nuclei_diff(old: dict | None, new: dict | None) -> str:
+    """How two counter identities differ, for error messages."""
+    if describe(old) != describe(new):
+        return f"nuclei from {describe(old)} vs {describe(new)}"
+    return param_diff({"nuclei": old}, {"nuclei": new})
+
+
+def open_counter(name: str, weights: str | Path | None, expected: dict, options: tuple = ()):
+    """Make the counter in a worker and check it is the one the run was planned with."""
+    counter = load_counter(name, weights, options)
+    found = counter_identity(counter, weights)
+    if found != expected:
+        raise BuildError(f"nucleus counter {name!r} in this worker is {describe(found)} with params "
+                         f"{found['params']}, the run was planned with {describe(expected)} {expected['params']} "
+                         "(weights file or package changed mid-run?)")
+    return counter
+
+
+def detect_stored(counter, hema, dab):
+    """Nuclei from the densities as the shard stores them, so build time and ``count-nuclei`` agree."""
+    return counter.detect(as_stored(hema), as_stored(dab))
+
+
+# --------------------------------------------------------------------------- one shard (a worker)
+
+
+@dataclass(frozen=True)
+class CountTask:
+    """One shard to (re)count."""
+
+    folder: str      # the dataset folder holding the manifest
+    file: str        # the shard, relative to ``folder`` (as in the manifest)
+    sha256: str      # the manifest's checksum of the shard as it is now
+    n_samples: int
+
+
+def _copy_hashing(src: Path, dst: Path, block: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        while chunk := fin.read(block):
+            digest.update(chunk)
+            fout.write(chunk)
+    return digest.hexdigest()
+
+
+def count_shard(task: CountTask, name: str, weights: str | None, identity: dict) -> dict:
+    """Count the nuclei of every sample of one shard and replace it atomically; return its new entry."""
+    import cv2
+
+    cv2.setNumThreads(1)  # one task per core
+    counter = open_counter(name, weights, identity)
+    path = Path(task.folder) / task.file
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    n_nuclei = 0
+    try:
+        if _copy_hashing(path, tmp) != task.sha256:
+            raise BuildError(f"{path}: checksum differs from the manifest (changed or corrupt; see "
+                             "'atst prep verify', rebuild with 'atst prep build-masks --overwrite')")
+        with h5py.File(tmp, "r+", libver=("v110", "v110")) as f:
+            samples = f["samples"]
+            for key in sorted(samples):
+                g = samples[key]
+                nuclei = counter.detect(decode_density(g["hema"][()]), decode_density(g["dab"][()]))
+                write_nuclei(g, nuclei, identity)
+                n_nuclei += len(nuclei.areas)
+            params = json.loads(f.attrs["params"])
+            params["nuclei"] = identity
+            f.attrs["params"] = json.dumps(params, sort_keys=True)
+            f.attrs["nuclei_source_sha256"] = task.sha256  # lets a rerun finish the manifest after a kill
+            f.flush()
+            os.fsync(f.id.get_vfd_handle())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return {"folder": task.folder, "file": task.file, "n_samples": task.n_samples, "n_nuclei": n_nuclei,
+            "bytes": path.stat().st_size, "sha256": sha256_of(path)}
+
+
+# --------------------------------------------------------------------------- a dataset folder
+
+
+@dataclass
+class _Folder:
+    path: Path
+    manifest: dict
+    tasks: list[CountTask]
+    skipped: list[dict]               # manifest entries of shards already counted by this counter
+    stale: bool = False               # some entries were corrected: the manifest must be rewritten
+
+    def entry(self, file: str) -> dict:
+        return next(s for info in self.manifest["splits"].values() for s in info["shards"] if s["file"] == file)
+
+
+def _plan_folder(manifest_path: Path, identity: dict, overwrite: bool) -> _Folder:
+    folder = manifest_path.parent
+    manifest = read_manifest(manifest_path)
+    for stale in folder.glob("*/.shard-*.partial"):
+        stale.unlink(missing_ok=True)  # left by a killed build or count
+    plan = _Folder(folder, manifest, [], [])
+    conflicts = []
+    for info in manifest.get("splits", {}).values():
+        for entry in info.get("shards", []):
+            path = folder / entry["file"]
+            header = read_header(path)
+            current = header.get("params", {}).get("nuclei")
+            if current == identity:
+                if header.get("nuclei_source_sha256") == entry["sha256"]:
+                    # renamed into place, but the run was killed before the manifest was updated
+                    entry.update(bytes=path.stat().st_size, sha256=sha256_of(path))
+                    plan.stale = True
+                plan.skipped.append(entry)
+                continue
+            if current and not overwrite:
+                conflicts.append((entry["file"], current))
+            plan.tasks.append(CountTask(str(folder), entry["file"], entry["sha256"], int(entry["n_samples"])))
+    if conflicts:
+        file, current = conflicts[0]
+        more = f" (and {len(conflicts) - 1} more shards)" if len(conflicts) > 1 else ""
+        raise BuildError(f"{folder / file}{more} holds nuclei from {describe(current)}; use --overwrite to "
+                         f"recount with {describe(identity)}")
+    return plan
+
+
+def _write(plan: _Folder, complete: bool, identity: dict) -> Path:
+    manifest = plan.manifest
+    manifest.setdefault("params", {})["nuclei"] = identity
+    if complete:
+        manifest.pop("nuclei_complete", None)
+    else:
+        manifest["nuclei_complete"] = False  # 'atst prep verify' reports it until a rerun finishes
+    return write_manifest_file(plan.path, manifest)
+
+
+@dataclass
+class CountSummary:
+    """What a count did, for the CLI's closing lines."""
+
+    manifests: list[Path] = field(default_factory=list)
+    shards_counted: int = 0
+    shards_skipped: int = 0
+    samples: int = 0
+    nuclei: int = 0
+
+
+def count_nuclei(root: Path, counter: str, weights: str | Path | None = None, *, jobs: int = 1,
+                 backend: str = "joblib", scheduler: str | None = None, overwrite: bool = False,
+                 on_start: Callable[[int, int], None] | None = None,
+                 on_shard: Callable[[dict], None] | None = None) -> CountSummary:
+    """Count nuclei in every shard listed by the manifests under ``root``; see the module docstring.
+
+    ``on_start(total_samples, samples_already_counted)`` is called once before
+    any work and ``on_shard(entry)`` after each rewritten shard.
+    """
+    if counter == NO_COUNTER:
+        raise CounterError(f"--counter {NO_COUNTER}: nothing to count (choose a nucleus counter)")
+    weights = str(weights) if weights is not None else None
+    identity = counter_identity(load_counter(counter, weights), weights)
+    manifest_paths = find_manifests(root)
+    locks: list[FolderLock] = []
+    summary = CountSummary()
+    try:
+        for path in manifest_paths:
+            locks.append(FolderLock(path.parent))
+        plans = [_plan_folder(path, identity, overwrite) for path in manifest_paths]
+        by_folder = {str(p.path): p for p in plans}
+        total = sum(t.n_samples for p in plans for t in p.tasks) + sum(e["n_samples"] for p in plans
+                                                                        for e in p.skipped)
+        if on_start:
+            on_start(total, sum(e["n_samples"] for p in plans for e in p.skipped))
+        for plan in plans:
+            summary.shards_skipped += len(plan.skipped)
+            if plan.tasks or plan.stale or plan.manifest.get("params", {}).get("nuclei") != identity:
+                _write(plan, complete=not plan.tasks, identity=identity)
+        remaining = {str(p.path): len(p.tasks) for p in plans}
+        tasks = [t for p in plans for t in p.tasks]
+        for result in run_tasks(count_shard, tasks, counter, weights, identity, jobs=jobs, backend=backend,
+                                scheduler=scheduler):
+            plan = by_folder[result["folder"]]
+            plan.entry(result["file"]).update(bytes=result["bytes"], sha256=result["sha256"])
+            remaining[result["folder"]] -= 1
+            _write(plan, complete=remaining[result["folder"]] == 0, identity=identity)
+            summary.shards_counted += 1
+            summary.samples += result["n_samples"]
+            summary.nuclei += result["n_nuclei"]
+            if on_shard:
+                on_shard(result)
+        summary.manifests = [p.path / MANIFEST for p in plans]
+    finally:
+        for lock in locks:
+            lock.release()
+    return summary
