@@ -48,7 +48,7 @@ class CppNetCounter:
     version = "1"
 
     def __init__(self, weights: Path | None = None, device: str | None = None, prob_thresh: float | None = None,
-                 nms_thresh: float | None = None, tile: int = 512) -> None:
+                 nms_thresh: float | None = None, tile: int = 1024) -> None:
         if weights is None:
             weights = BUNDLED_WEIGHTS
             log.info("cppnet: using the bundled weights %s (trained on synthetic tiles only; for real data "

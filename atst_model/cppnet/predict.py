@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from stardist import non_maximum_suppression, polygons_to_label
 
 from .model import CppNet
 
@@ -29,7 +28,7 @@ def _refine_candidates(model: CppNet, res, prob: torch.Tensor, floor: float) -> 
 
 
 @torch.no_grad()
-def predict_maps(model: CppNet, image: np.ndarray, *, tile: int = 512, margin: int = 32,
+def predict_maps(model: CppNet, image: np.ndarray, *, tile: int = 1024, margin: int = 32,
                  device: str | torch.device = "cpu", prob_floor: float = 0.3) -> dict[str, np.ndarray]:
     """Probability (H, W), ray distances (H, W, R) and density (H, W) of one image.
 
@@ -47,7 +46,7 @@ def predict_maps(model: CppNet, image: np.ndarray, *, tile: int = 512, margin: i
     m = model.config.multiple
     out = {"prob": np.zeros((h, w), np.float32), "dist": np.zeros((h, w, model.config.n_rays), np.float32),
            "density": np.zeros((h, w), np.float32)}
-    step = max(tile - 2 * margin, m)
+    step = max(h, w) if max(h, w) <= tile else max(tile - 2 * margin, m)
     for y0 in range(0, h, step):
         for x0 in range(0, w, step):
             y1, x1 = min(y0 + step, h), min(x0 + step, w)
@@ -65,10 +64,18 @@ def predict_maps(model: CppNet, image: np.ndarray, *, tile: int = 512, margin: i
 
 
 def maps_to_instances(prob: np.ndarray, dist: np.ndarray, *, prob_thresh: float = 0.5,
-                      nms_thresh: float = 0.4) -> tuple[np.ndarray, np.ndarray]:
-    """Polygon NMS (StarDist) -> ``(labels (H, W) int32, points (N, 2) row/col)``."""
-    points, probs, dists = non_maximum_suppression(dist, prob, grid=(1, 1), b=2, nms_thresh=nms_thresh,
-                                                   prob_thresh=prob_thresh)
+                      nms_thresh: float = 0.4, grid: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Polygon NMS (StarDist) -> ``(labels (H, W) int32, points (N, 2) row/col)``.
+
+    ``grid = 2`` proposes polygons from every second pixel in each axis only,
+    as StarDist's own models do: a quarter of the candidates, NMS several
+    times faster, and nuclei several pixels wide are still proposed from
+    many pixels each.
+    """
+    from stardist import non_maximum_suppression, polygons_to_label  # C++ polygon geometry; CPU only
+
+    points, probs, dists = non_maximum_suppression(dist[::grid, ::grid], prob[::grid, ::grid], grid=(grid, grid),
+                                                   b=2, nms_thresh=nms_thresh, prob_thresh=prob_thresh)
     if len(points) == 0:
         return np.zeros(prob.shape, np.int32), np.zeros((0, 2), np.int64)
     labels = polygons_to_label(dists, points, prob.shape, prob=probs)
