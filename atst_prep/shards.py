@@ -6,7 +6,9 @@ Layout (schema version 1)::
                                    dataset_id, split, shard_index, n_samples,
                                    source_root, params (JSON), stores_images;
                                    nuclei_source_sha256 once count-nuclei has
-                                   rewritten it (the checksum of the shard before)
+                                   rewritten it (the checksum of the shard before);
+                                   alignment (JSON) and alignment_source_sha256 likewise
+                                   once filter-misaligned has
     /names                  (N,) str       pair names, in sample order
     /rejected               (R,) str       one JSON object per rejected input
     /samples/<i:05d>/       attrs: name, he_path, ihc_path (relative to
@@ -23,7 +25,15 @@ Layout (schema version 1)::
                                    with a weights file, weights_sha256
             centroids       (N, 2) float32  (x, y) px of each nucleus in the tile
             areas           (N,) int32      px
-        alignment/          attrs: status = "pending" until filtering fills it
+        alignment/          attrs: status = "pending" until filter-misaligned fills it, then
+                                   "done" (or "unscorable"), shift_x, shift_y (px: where
+                                   the IHC content sits relative to the H&E), rotation
+                                   (deg), similarity, overlap, score, kept, rule, reason,
+                                   method, version, params (JSON); see atst_prep.align
+        mask_registered     (H, W) uint8    after filter-misaligned --register: mask and
+        dab_registered      (H, W) uint16   DAB moved by -shift into the H&E frame (attrs
+                                            shift); nuclei/centroids_registered (N, 2)
+                                            float32 likewise, once nuclei are counted
 
 Storage choices (measured, see README): every array is chunked 256x256, so
 a 512x512 crop touches at most 9 chunks. Images are stored uncompressed by
@@ -69,6 +79,11 @@ CHANNEL_SCALE = 1e-4
 IMAGE_COMPRESSIONS = ("none", "lzf", "gzip")
 SAMPLE_ATTRS = ("name", "he_path", "ihc_path", "meta", "height", "width")
 NUCLEI_STATUSES = ("pending", "done")
+ALIGNMENT_STATUSES = ("pending", "done", "unscorable")
+ALIGNMENT_ATTRS = ("shift_x", "shift_y", "rotation", "similarity", "overlap", "score", "kept", "rule", "reason",
+                   "method", "version", "params")
+#: Datasets filter-misaligned --register adds to a sample, registered from these.
+REGISTERED_KEYS = {"mask_registered": "mask", "dab_registered": "dab"}
 
 
 class ShardError(ValueError):
@@ -136,7 +151,7 @@ def write_nuclei(group: h5py.Group, nuclei, counter: Mapping) -> None:
     if len(areas) != len(centroids):
         raise ValueError(f"{len(centroids)} centroids but {len(areas)} areas")
     g = group.require_group("nuclei")
-    for key in ("centroids", "areas"):
+    for key in ("centroids", "areas", "centroids_registered"):  # registered centroids belong to the old nuclei
         if key in g:
             del g[key]
     for key in list(g.attrs):
@@ -149,6 +164,15 @@ def write_nuclei(group: h5py.Group, nuclei, counter: Mapping) -> None:
         attrs["weights_sha256"] = counter["weights_sha256"]
     for key, value in attrs.items():
         g.attrs[key] = value
+
+
+def create_like(group: h5py.Group, key: str, data: np.ndarray, template: h5py.Dataset) -> h5py.Dataset:
+    """Write ``data`` as ``group[key]`` (replacing it) stored as ``template`` is: chunks, filter, shuffle."""
+    if key in group:
+        del group[key]
+    return group.create_dataset(key, data=data, chunks=template.chunks, compression=template.compression,
+                                compression_opts=template.compression_opts, shuffle=template.shuffle,
+                                track_times=False)
 
 
 _STR = h5py.string_dtype("utf-8")
@@ -336,6 +360,8 @@ def _validate_sample(g: h5py.Group, images: bool) -> list[str]:
     expected = {"dab": (shape, np.uint16), "hema": (shape, np.uint16), "mask": (shape, np.uint8)}
     if images:
         expected.update({k: (shape + (3,), np.uint8) for k in IMAGE_KEYS})
+    if any(k in g for k in REGISTERED_KEYS):  # registered by filter-misaligned: all of them, as the originals
+        expected.update({k: expected[src] for k, src in REGISTERED_KEYS.items()})
     for key, (want_shape, want_dtype) in expected.items():
         if key not in g:
             problems.append(f"missing dataset {key!r}")
@@ -346,7 +372,18 @@ def _validate_sample(g: h5py.Group, images: bool) -> list[str]:
             problems.append(f"missing group {key!r}")
     if "nuclei" in g:
         problems.extend(_validate_nuclei(g["nuclei"]))
+    if "alignment" in g:
+        problems.extend(_validate_alignment(g["alignment"]))
     return problems
+
+
+def _validate_alignment(g: h5py.Group) -> list[str]:
+    status = _plain(g.attrs.get("status"))
+    if status not in ALIGNMENT_STATUSES:
+        return [f"alignment status {status!r} (expected one of {', '.join(ALIGNMENT_STATUSES)})"]
+    if status == "pending":
+        return []
+    return [f"alignment: missing attribute {a!r}" for a in ALIGNMENT_ATTRS if a not in g.attrs]
 
 
 def _validate_nuclei(g: h5py.Group) -> list[str]:
@@ -367,6 +404,10 @@ def _validate_nuclei(g: h5py.Group) -> list[str]:
         problems.append(f"nuclei/areas is {areas.shape} {areas.dtype}, expected ({n},) int32")
     if "count" in g.attrs and int(g.attrs["count"]) != n:
         problems.append(f"nuclei count attribute {int(g.attrs['count'])} for {n} nuclei")
+    if "centroids_registered" in g and (g["centroids_registered"].shape != (n, 2)
+                                        or g["centroids_registered"].dtype != np.float32):
+        problems.append(f"nuclei/centroids_registered is {g['centroids_registered'].shape} "
+                        f"{g['centroids_registered'].dtype}, expected ({n}, 2) float32")
     return problems
 
 
@@ -374,7 +415,10 @@ def iter_samples(path: Path, *, arrays: tuple[str, ...] = ("he", "ihc", "dab", "
     """Yield each sample of a shard as a dict of its attributes and the named arrays.
 
     Once nuclei are counted, ``centroids`` (N, 2) float32 (x, y) px and
-    ``areas`` (N,) int32 are included whatever ``arrays`` says.
+    ``areas`` (N,) int32 are included whatever ``arrays`` says, and so is
+    ``centroids_registered`` once registered. ``alignment`` is the dict of the
+    sample's alignment attributes. ``arrays`` may name ``mask_registered`` and
+    ``dab_registered`` (decoded like ``dab``).
     """
     with h5py.File(path, "r") as f:
         for key in sorted(f["samples"]):
@@ -383,8 +427,12 @@ def iter_samples(path: Path, *, arrays: tuple[str, ...] = ("he", "ihc", "dab", "
             sample["meta"] = json.loads(sample.get("meta", "{}"))
             for a in arrays:
                 if a in g:
-                    sample[a] = decode_density(g[a][()]) if a in CHANNEL_KEYS else g[a][()]
+                    sample[a] = decode_density(g[a][()]) if a in CHANNEL_KEYS + ("dab_registered",) else g[a][()]
             if "nuclei" in g and "centroids" in g["nuclei"]:
                 sample["centroids"] = g["nuclei/centroids"][()]
                 sample["areas"] = g["nuclei/areas"][()]
+                if "centroids_registered" in g["nuclei"]:
+                    sample["centroids_registered"] = g["nuclei/centroids_registered"][()]
+            if "alignment" in g:
+                sample["alignment"] = {k: _plain(v) for k, v in g["alignment"].attrs.items()}
             yield sample

@@ -29,6 +29,9 @@ def verify(root: Path, on_shard=None) -> VerifyReport:
         if manifest.get("nuclei_complete") is False:
             report.problems.append(f"{folder}: nuclei are counted in only some shards "
                                    "(count-nuclei interrupted? run it again)")
+        if manifest.get("alignment_complete") is False:
+            report.problems.append(f"{folder}: alignment results are written to only some shards "
+                                   "(filter-misaligned interrupted? run it again)")
         for split, info in manifest.get("splits", {}).items():
             if not info.get("complete", False):
                 report.problems.append(f"{folder}: split {split!r} is incomplete (build interrupted?)")

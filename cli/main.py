@@ -6,7 +6,7 @@ import typer
 
 from atst_prep import __version__
 
-from . import data, nuclei, prep  # noqa: F401  (nuclei adds prep train-nuclei)
+from . import align, data, nuclei, prep  # noqa: F401  (nuclei, align add prep commands)
 
 app = typer.Typer(
     help="ATST toolkit: virtual IHC staining of H&E supervised by masks from the consecutive IHC section.",

@@ -1,0 +1,413 @@
+"""``atst prep filter-misaligned``: score every pair of existing shards, select, write back.
+
+Three passes per run, over every dataset folder (manifest) under the root:
+
+1. **Score** (one task per shard, joblib or Dask, read-only): each sample's
+   H&E and IHC (from the shard, or the source files for ``--no-images``
+   shards) and stored IHC hematoxylin -> :func:`.score.align_pair`. Samples
+   already scored with the same method, version and parameters are read
+   back, not recomputed.
+2. **Select** (here, per dataset): :func:`.select.select` over all scored pairs.
+3. **Write** (one task per shard whose stored results differ from what
+   was decided): like ``count-nuclei``, the shard is copied to
+   ``.shard-XXXXX.h5.<pid>.partial`` (its SHA-256 checked against the
+   manifest on the way), each sample's ``alignment/`` attributes (and with
+   ``register``, ``mask_registered``, ``dab_registered`` and
+   ``nuclei/centroids_registered``) are written into the copy, which is
+   fsynced and renamed over the original; the manifest's checksum follows
+   under the folder lock. The root attribute ``alignment_source_sha256``
+   lets a rerun repair a manifest left behind by a kill between the two.
+
+Then the keep-list CSV (one per dataset) and the manifest's ``alignment``
+summary are written, each only when its content changes, so a second run
+with the same options rewrites nothing (byte-identical files). The root
+``params`` are left alone: ``build-masks`` compares them to resume.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import h5py
+import numpy as np
+
+from ..images import InputError, read_rgb
+from ..manifest import MANIFEST, find_manifests, read_manifest, write_manifest_file
+from ..nuclei.store import _copy_hashing
+from ..runner import BuildError, FolderLock, run_tasks
+from ..shards import REGISTERED_KEYS, _plain, create_like, decode_density, fsync_dir, read_header, sha256_of
+from .register import register_image, register_points
+from .score import METHOD, VERSION, AlignConfig, Alignment, align_pair, unscorable
+from .select import RULES, Selection, select
+
+KEEP_COLUMNS = ("name", "split", "shard", "shift_x", "shift_y", "rotation", "similarity", "overlap", "score",
+                "kept", "reason")
+_NUMBERS = ("shift_x", "shift_y", "rotation", "similarity", "overlap", "score")
+_UNREADABLE = "source image unreadable"
+
+
+def identity(config: AlignConfig) -> dict:
+    """What identifies a scoring: method, version, parameters (as it reads back from JSON)."""
+    return json.loads(json.dumps({"method": METHOD, "version": VERSION, "params": config.params()}, sort_keys=True))
+
+
+def keep_list_dir() -> Path:
+    """The repository's ``data_manifests/`` (where keep-lists go by default)."""
+    from ..sources import descriptor_dir
+
+    return descriptor_dir().parent
+
+
+# --------------------------------------------------------------------------- pass 1: score (a worker)
+
+
+@dataclass(frozen=True)
+class ShardRef:
+    folder: str      # the dataset folder holding the manifest
+    file: str        # relative to folder, as in the manifest
+    split: str
+    n_samples: int
+
+
+def _stored(g: h5py.Group, ident: dict) -> Alignment | None:
+    a = g.attrs
+    if _plain(a.get("status")) not in ("done", "unscorable") or _plain(a.get("method")) != ident["method"] \
+            or _plain(a.get("version")) != ident["version"] or json.loads(a.get("params", "null")) != ident["params"]:
+        return None
+    reason = _plain(a.get("unscorable_reason", ""))
+    if reason.startswith(_UNREADABLE):
+        return None  # the source files may be back: try again
+    return Alignment(status=_plain(a["status"]), **{k: float(a[k]) for k in _NUMBERS}, reason=reason)
+
+
+def score_shard(ref: ShardRef, config: AlignConfig) -> dict:
+    """Alignments of every sample of one shard; reuses results stored with the same identity."""
+    import cv2
+
+    cv2.setNumThreads(1)  # one task per core
+    ident = identity(config)
+    path = Path(ref.folder) / ref.file
+    header = read_header(path)
+    root = Path(header.get("source_root", "."))
+    samples, computed = [], 0
+    with h5py.File(path, "r") as f:
+        for key in sorted(f["samples"]):
+            g = f["samples"][key]
+            group = g["alignment"] if "alignment" in g else None
+            found = _stored(group, ident) if group is not None else None
+            if found is None:
+                found = _score_sample(g, root, config)
+                computed += 1
+            stored = {k: _plain(v) for k, v in group.attrs.items()} if group is not None else {}
+            registered = {k: tuple(float(v) for v in g[k].attrs["shift"]) for k in REGISTERED_KEYS if k in g}
+            samples.append({"key": key, "name": _plain(g.attrs["name"]), "side": int(max(g["mask"].shape)),
+                            "alignment": found, "stored": stored, "registered": registered,
+                            "nuclei_registered": "nuclei" in g and "centroids_registered" in g["nuclei"],
+                            "nuclei_done": "nuclei" in g and "centroids" in g["nuclei"]})
+    return {"folder": ref.folder, "file": ref.file, "split": ref.split, "samples": samples, "computed": computed,
+            "alignment_root": _plain(header.get("alignment")) if "alignment" in header else None}
+
+
+def _score_sample(g: h5py.Group, root: Path, config: AlignConfig) -> Alignment:
+    try:
+        he = g["he"][()] if "he" in g else read_rgb(root / _plain(g.attrs["he_path"]))
+        ihc = g["ihc"][()] if "ihc" in g else read_rgb(root / _plain(g.attrs["ihc_path"]))
+    except InputError as exc:
+        return unscorable(f"{_UNREADABLE} ({exc})")
+    return align_pair(he, decode_density(g["hema"][()]), ihc, config)
+
+
+# --------------------------------------------------------------------------- pass 3: write (a worker)
+
+
+@dataclass(frozen=True)
+class WriteTask:
+    folder: str
+    file: str
+    sha256: str                      # the manifest's checksum of the shard as it is now
+    root_attr: str                   # JSON for the root attribute ``alignment``
+    samples: tuple                   # (key, attrs dict, shift or None when not registering)
+    n_samples: int
+
+
+def _attrs(a: Alignment, decision, ident: dict) -> dict:
+    return {"status": a.status, **{k: float(getattr(a, k)) for k in _NUMBERS}, "kept": bool(decision.kept),
+            "rule": decision.rule, "reason": decision.reason, "unscorable_reason": a.reason,
+            "method": ident["method"], "version": ident["version"],
+            "params": json.dumps(ident["params"], sort_keys=True)}
+
+
+def write_shard(task: WriteTask) -> dict:
+    """Write the alignment (and registered targets) of every sample into a copy, then replace the shard."""
+    path = Path(task.folder) / task.file
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        if _copy_hashing(path, tmp) != task.sha256:
+            raise BuildError(f"{path}: checksum differs from the manifest (changed or corrupt; see "
+                             "'atst prep verify', rebuild with 'atst prep build-masks --overwrite')")
+        with h5py.File(tmp, "r+", libver=("v110", "v110")) as f:
+            for key, attrs, shift in task.samples:
+                g = f["samples"][key]
+                group = g.require_group("alignment")
+                for name in list(group.attrs):
+                    del group.attrs[name]
+                for name, value in attrs.items():
+                    group.attrs[name] = value
+                if shift is not None:
+                    _register(g, shift)
+            f.attrs["alignment"] = task.root_attr
+            f.attrs["alignment_source_sha256"] = task.sha256
+            f.flush()
+            os.fsync(f.id.get_vfd_handle())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return {"folder": task.folder, "file": task.file, "n_samples": task.n_samples,
+            "bytes": path.stat().st_size, "sha256": sha256_of(path)}
+
+
+def _register(g: h5py.Group, shift: tuple[float, float]) -> None:
+    for key, source in REGISTERED_KEYS.items():
+        d = create_like(g, key, register_image(g[source][()], shift), g[source])
+        d.attrs["shift"] = np.array(shift, np.float64)
+        for name, value in g[source].attrs.items():  # units, scale of the DAB
+            d.attrs[name] = value
+    nuclei = g.get("nuclei")
+    if nuclei is not None and "centroids" in nuclei:
+        if "centroids_registered" in nuclei:
+            del nuclei["centroids_registered"]
+        d = nuclei.create_dataset("centroids_registered", data=register_points(nuclei["centroids"][()], shift),
+                                  track_times=False)
+        d.attrs["shift"] = np.array(shift, np.float64)
+
+
+# --------------------------------------------------------------------------- a dataset folder
+
+
+@dataclass
+class _Folder:
+    path: Path
+    manifest: dict
+    refs: list[ShardRef]
+    stale: bool = False                                   # manifest entries were corrected
+    registered: bool = False                              # some samples hold registered targets
+    scored: list[dict] = field(default_factory=list)      # score_shard results
+
+    def entry(self, file: str) -> dict:
+        return next(s for info in self.manifest["splits"].values() for s in info["shards"] if s["file"] == file)
+
+
+def _plan_folder(manifest_path: Path, splits: Sequence[str] | None) -> _Folder:
+    folder = manifest_path.parent
+    manifest = read_manifest(manifest_path)
+    for stale in folder.glob("*/.shard-*.partial"):
+        stale.unlink(missing_ok=True)  # left by a killed run
+    plan = _Folder(folder, manifest, [])
+    for split, info in manifest.get("splits", {}).items():
+        if splits and split not in splits:
+            continue
+        for entry in info.get("shards", []):
+            path = folder / entry["file"]
+            header = read_header(path)
+            if header.get("alignment_source_sha256") == entry["sha256"]:
+                # renamed into place, but the run was killed before the manifest was updated
+                entry.update(bytes=path.stat().st_size, sha256=sha256_of(path))
+                plan.stale = True
+            if entry["n_samples"]:
+                plan.refs.append(ShardRef(str(folder), entry["file"], split, int(entry["n_samples"])))
+    return plan
+
+
+@dataclass
+class FilterSummary:
+    """What a run did, for the CLI's closing lines and pictures."""
+
+    manifests: list[Path] = field(default_factory=list)
+    keep_lists: list[Path] = field(default_factory=list)
+    pairs: int = 0
+    computed: int = 0
+    kept: int = 0
+    dropped: dict = field(default_factory=lambda: {r: 0 for r in RULES})
+    unscorable: list[dict] = field(default_factory=list)     # keep-list rows of unscorable pairs
+    shards_written: int = 0
+    rows: dict = field(default_factory=dict)                  # dataset folder -> keep-list rows
+    cuts: dict = field(default_factory=dict)                  # dataset folder -> score cut for the histogram
+
+
+def _fmt(value: float, digits: int) -> str:
+    return "" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def keep_list_csv(rows: list[dict]) -> str:
+    """The keep-list text: :data:`KEEP_COLUMNS`, one row per pair, sorted by split and name."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(KEEP_COLUMNS)
+    for r in sorted(rows, key=lambda r: (r["split"], r["name"])):
+        a = r["alignment"]
+        writer.writerow([r["name"], r["split"], r["shard"], _fmt(a.shift_x, 3), _fmt(a.shift_y, 3),
+                         _fmt(a.rotation, 3), _fmt(a.similarity, 4), _fmt(a.overlap, 4), _fmt(a.score, 4),
+                         "true" if r["kept"] else "false", r["reason"]])
+    return out.getvalue()
+
+
+def write_if_changed(path: Path, data: bytes) -> bool:
+    """Replace ``path`` atomically with ``data`` unless it already holds exactly that; True if written."""
+    path = Path(path)
+    if path.is_file() and path.read_bytes() == data:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return True
+
+
+def filter_misaligned(root: Path, config: AlignConfig = AlignConfig(), selection: Selection = Selection(), *,
+                      register: bool = False, keep_list: Path | None = None, splits: Sequence[str] | None = None,
+                      jobs: int = 1, backend: str = "joblib", scheduler: str | None = None,
+                      on_start: Callable[[int, int], None] | None = None,
+                      on_shard: Callable[[dict], None] | None = None,
+                      on_write_start: Callable[[int], None] | None = None,
+                      on_write: Callable[[dict], None] | None = None) -> FilterSummary:
+    """Score, select and record every pair under ``root``; see the module docstring.
+
+    ``keep_list`` is the CSV to write (only with one dataset); default
+    ``data_manifests/keep-<dataset_id>.csv`` in the repository.
+    ``on_start(total_pairs, 0)`` / ``on_shard(result)`` report scoring,
+    ``on_write_start(n_pairs)`` / ``on_write(entry)`` the rewriting of shards.
+    """
+    ident = identity(config)
+    manifest_paths = find_manifests(root)
+    if keep_list is not None and len(manifest_paths) > 1:
+        raise BuildError(f"--keep-list names one file but {root} holds {len(manifest_paths)} datasets; "
+                         "point --shards at one dataset's folder")
+    locks: list[FolderLock] = []
+    summary = FilterSummary()
+    try:
+        for path in manifest_paths:
+            locks.append(FolderLock(path.parent))
+        plans = [_plan_folder(path, splits) for path in manifest_paths]
+        by_folder = {str(p.path): p for p in plans}
+        refs = [r for p in plans for r in p.refs]
+        if on_start:
+            on_start(sum(r.n_samples for r in refs), 0)
+        for result in run_tasks(score_shard, refs, config, jobs=jobs, backend=backend, scheduler=scheduler):
+            by_folder[result["folder"]].scored.append(result)
+            summary.computed += result["computed"]
+            if on_shard:
+                on_shard(result)
+        tasks = []
+        for plan in plans:
+            tasks += _decide(plan, ident, selection, register, summary)
+        if on_write_start:
+            on_write_start(sum(t.n_samples for t in tasks))
+        for plan in plans:
+            if plan.stale or any(t.folder == str(plan.path) for t in tasks):
+                _write_manifest(plan, complete=not any(t.folder == str(plan.path) for t in tasks))
+        remaining = {str(p.path): sum(t.folder == str(p.path) for t in tasks) for p in plans}
+        for entry in run_tasks(write_shard, tasks, jobs=jobs, backend=backend, scheduler=scheduler):
+            plan = by_folder[entry["folder"]]
+            plan.entry(entry["file"]).update(bytes=entry["bytes"], sha256=entry["sha256"])
+            remaining[entry["folder"]] -= 1
+            _write_manifest(plan, complete=remaining[entry["folder"]] == 0)
+            summary.shards_written += 1
+            if on_write:
+                on_write(entry)
+        for plan in plans:
+            target = keep_list or keep_list_dir() / f"keep-{plan.manifest['dataset_id']}.csv"
+            write_if_changed(target, keep_list_csv(summary.rows[str(plan.path)]).encode())
+            plan.manifest["alignment"] = {**ident, "selection": selection.params(), "registered": plan.registered,
+                                          "keep_list": str(target), **_counts(summary.rows[str(plan.path)])}
+            _write_manifest(plan, complete=True)
+            summary.keep_lists.append(target)
+            summary.manifests.append(plan.path / MANIFEST)
+    finally:
+        for lock in locks:
+            lock.release()
+    return summary
+
+
+def _counts(rows: list[dict]) -> dict:
+    dropped = {r: sum(1 for row in rows if not row["kept"] and row["rule"] == r) for r in RULES}
+    return {"pairs": len(rows), "kept": sum(row["kept"] for row in rows),
+            "dropped": {k: v for k, v in dropped.items() if v}}
+
+
+def _decide(plan: _Folder, ident: dict, selection: Selection, register: bool, summary: FilterSummary) -> list:
+    """Select over the folder's pairs; fill the summary; return the shards whose contents must change."""
+    results = sorted(plan.scored, key=lambda r: r["file"])
+    samples = [(r, s) for r in results for s in r["samples"]]
+    decisions = select([s["alignment"] for _, s in samples], [s["side"] for _, s in samples],
+                       [r["split"] for r, _ in samples], selection)
+    root_attr = json.dumps({**ident, "selection": selection.params()}, sort_keys=True)
+    rows, tasks, by_file = [], [], {}
+    for (r, s), d in zip(samples, decisions):
+        a = s["alignment"]
+        rows.append({"name": s["name"], "split": r["split"], "shard": r["file"], "alignment": a, "kept": d.kept,
+                     "rule": d.rule, "reason": d.reason})
+        summary.pairs += 1
+        summary.kept += d.kept
+        if not d.kept:
+            summary.dropped[d.rule] += 1
+        if not a.scored:
+            summary.unscorable.append(rows[-1])
+        attrs = _attrs(a, d, ident)
+        # register when asked, and keep registered targets that exist up to date
+        wanted = register or bool(s["registered"])
+        plan.registered |= wanted
+        shift = (0.0, 0.0) if not a.scored else (a.shift_x, a.shift_y)
+        up_to_date = all(s["registered"].get(k) == shift for k in REGISTERED_KEYS) and \
+            (s["nuclei_registered"] or not s["nuclei_done"])
+        changed = _differs(s["stored"], attrs) or r["alignment_root"] != root_attr or (wanted and not up_to_date)
+        by_file.setdefault(r["file"], []).append((s["key"], attrs, shift if wanted else None, changed))
+    summary.rows[str(plan.path)] = rows
+    for file, items in by_file.items():
+        if any(changed for *_, changed in items):
+            tasks.append(WriteTask(str(plan.path), file, plan.entry(file)["sha256"], root_attr,
+                                   tuple((k, a, sh) for k, a, sh, _ in items), len(items)))
+    # the histogram's cut: the score floor, or the lowest score a rank cut kept
+    kept = [row["alignment"].score for row in rows if row["kept"]]
+    summary.cuts[str(plan.path)] = (min(kept) if kept else 1.0) if selection.ranked else selection.min_score
+    return tasks
+
+
+def _differs(stored: dict, attrs: dict) -> bool:
+    if set(stored) != set(attrs):
+        return True
+    for key, value in attrs.items():
+        old = stored[key]
+        if isinstance(value, float) and math.isnan(value):
+            if not (isinstance(old, float) and math.isnan(old)):
+                return True
+        elif old != value:
+            return True
+    return False
+
+
+def _write_manifest(plan: _Folder, complete: bool) -> Path:
+    manifest = plan.manifest
+    if complete:
+        manifest.pop("alignment_complete", None)
+    else:
+        manifest["alignment_complete"] = False  # 'atst prep verify' reports it until a rerun finishes
+    path = plan.path / MANIFEST
+    if path.is_file() and read_manifest(path) == manifest:
+        return path
+    return write_manifest_file(plan.path, manifest)
+
+
+__all__ = ["KEEP_COLUMNS", "FilterSummary", "ShardRef", "WriteTask", "filter_misaligned", "identity",
+           "keep_list_csv", "keep_list_dir", "score_shard", "write_shard"]
