@@ -1,0 +1,275 @@
+"""Training pairs from prep's shards: random crops with their auxiliary-loss targets cropped to match.
+
+Training never repeats prep's work: the mask M, the DAB channel and the
+nucleus centroids were computed once per tile by ``atst prep build-masks``
+(and ``count-nuclei``); an item reads only its crop window from the HDF5
+datasets (at most 9 of the 256x256 chunks for a 512 crop) and derives the
+crop's targets from them.
+
+Worker safety: HDF5 handles are opened on first use in the process that
+reads (never in ``__init__``, never pickled), and reopened when the process
+id changes, so ``DataLoader(num_workers=N)`` with fork or spawn is safe.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import cv2
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from atst_prep.nuclei import count_in_mask
+from atst_prep.shards import SCHEMA, ShardError
+from atst_prep.stain import DAB, HED_FROM_RGB, LOG_ADJUST
+
+__all__ = ["ShardPairs", "read_keep_list", "to_unit", "TRUE_VALUES"]
+
+#: Values of a keep-list's ``kept`` column that mean "kept".
+TRUE_VALUES = frozenset({"1", "true", "True"})
+
+# byte b -> b / 127.5 - 1: images in the generators' tanh range
+_TO_UNIT = (np.arange(256, dtype=np.float64) / 127.5 - 1.0).astype(np.float32)
+# prep's per-byte optical density (float64 -> float32) and the DAB row of its unmixing matrix, as prep
+_OD_LUT = np.repeat((-np.log(np.maximum(np.arange(256) / 255.0, 1e-6)) / LOG_ADJUST).astype(np.float32)[None, :, None],
+                    3, axis=2)
+_DAB_ROW = np.ascontiguousarray(HED_FROM_RGB[:, DAB][None, :], dtype=np.float32)
+
+
+def read_keep_list(path: Path) -> tuple[set[str], set[tuple[str, str]] | None]:
+    """Names kept by a keep-list CSV (``data_manifests/keep-<dataset>.csv``).
+
+    Reads the ``name`` and ``kept`` columns (kept in :data:`TRUE_VALUES`);
+    other columns are ignored, except ``split``: when present, kept pairs are
+    also returned as ``(split, name)`` so equal names in two splits stay apart.
+
+    Returns
+    -------
+    names : set of str
+    split_names : set of (split, name), or None without a ``split`` column.
+    """
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            fields = reader.fieldnames or []
+            missing = [c for c in ("name", "kept") if c not in fields]
+            if missing:
+                raise ValueError(f"{path}: keep-list lacks column(s) {', '.join(missing)} (has {', '.join(fields)})")
+            rows = [r for r in reader if (r["kept"] or "").strip() in TRUE_VALUES]
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read keep-list ({exc.strerror})") from None
+    names = {r["name"] for r in rows}
+    split_names = {(r["split"], r["name"]) for r in rows} if "split" in fields else None
+    return names, split_names
+
+
+def to_unit(batch: dict, device: str | torch.device | None = None) -> dict:
+    """A batch of :class:`ShardPairs` on ``device`` with images in [-1, 1] and the mask float32.
+
+    Converts ``raw=True`` batches (uint8) on the device, where it is cheap;
+    float batches are only moved. Non-tensor entries (``name``) are kept.
+    """
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, non_blocking=True) if device is not None else value
+            if value.dtype == torch.uint8:
+                value = value.float() if key == "mask" else value.float().mul_(1 / 127.5).sub_(1.0)
+        out[key] = value
+    return out
+
+
+def _dab_mean(ihc: np.ndarray, mask: np.ndarray) -> float:
+    """Mean DAB density (rgb2hed units) of an IHC crop (c, c, 3) uint8 inside ``mask`` (c, c) uint8.
+
+    The DAB of the IHC bytes, exactly as prep computes it before storing
+    (:func:`atst_prep.stain.dab_and_hematoxylin`) and as it computes a tile's
+    ``dab_mean_in_mask``; the shard's ``dab`` channel holds the same values
+    rounded to 1e-4. Unmixing the bytes already read (~1 ms for a 512 crop)
+    is 4x cheaper than decompressing the stored channel's window.
+    """
+    od = cv2.LUT(ihc, _OD_LUT)
+    dab = cv2.max(cv2.transform(od, _DAB_ROW), 0.0)
+    return cv2.mean(dab, mask=mask)[0]
+
+
+def _index_shard(path: str, crop: int) -> tuple[str, list[tuple[str, str, int, int]]]:
+    """(split, [(sample key, name, height, width), ...]) of one shard; checks what training needs."""
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise ShardError(f"{path}: not a readable shard ({exc})") from None
+    with f:
+        if f.attrs.get("schema") != SCHEMA:
+            raise ShardError(f"{path}: not an ATST shard (schema attribute {f.attrs.get('schema')!r})")
+        if not bool(f.attrs.get("stores_images", True)):
+            raise ShardError(f"{path}: built without images (--no-images); training needs them in the shard")
+        split = str(f.attrs.get("split", ""))
+        entries = []
+        for key in sorted(f["samples"]):
+            g = f["samples"][key]
+            name, h, w = str(g.attrs["name"]), int(g.attrs["height"]), int(g.attrs["width"])
+            if g["nuclei"].attrs.get("status") != "done":
+                raise ShardError(f"{path}: sample {name} has no nuclei yet; run 'atst prep count-nuclei' "
+                                 "(or build with --counter) before training")
+            if crop > min(h, w):
+                raise ShardError(f"{path}: sample {name} is {h}x{w} px, smaller than the {crop} px crop")
+            entries.append((key, name, h, w))
+    return split, entries
+
+
+class ShardPairs(Dataset):
+    """Random crops of the pairs in prep shards, with the auxiliary-loss targets of each crop.
+
+    Parameters
+    ----------
+    shard_paths : iterable of paths
+        HDF5 shards of ``atst prep build-masks`` with images and counted nuclei.
+    crop : int
+        Side of the square crop, px (512 for MIST/BCI's 1024 tiles, as the paper).
+    keep_list : path, optional
+        Keep-list CSV of ``atst prep filter-misaligned``; pairs not kept (or not
+        listed) are dropped.
+    seed : int
+        Crops are a function of ``(seed, epoch, index)`` only (see :meth:`set_epoch`).
+    unpaired : bool
+        Also return ``ihc_unpaired``, an IHC crop of another random pair: the
+        discriminator sees unpaired real IHC, as in the paper.
+    raw : bool
+        Return images and mask as uint8 (``he`` etc. (3, c, c) bytes, ``mask``
+        (1, c, c) in {0, 1}) and convert on the GPU with :func:`to_unit`: a
+        quarter of the bytes through the workers' shared memory and the
+        collate (see ``benchmarks/loader.py``). Same crops and targets.
+
+    Items
+    -----
+    A dict of (``c`` = crop side):
+
+    - ``he``, ``ihc``: (3, c, c) float32 RGB in [-1, 1] (``byte / 127.5 - 1``), the paired crops;
+    - ``mask``: (1, c, c) float32 in {0, 1}, M of the IHC cropped from the shard;
+    - ``dab_mean_in_mask``: () float32, mean DAB density (rgb2hed units) inside the cropped mask, 0 if
+      empty; unmixed from the IHC crop's bytes as prep unmixes them, so it equals the mean of the
+      shard's ``dab`` channel (stored in 1e-4 steps) to 5e-5;
+    - ``count_in_mask``, ``count_in_crop``: () float32, nuclei (centroids) inside crop and mask / crop;
+    - ``name``: str; ``origin``: (2,) int64, the crop's (y0, x0) px in the tile;
+    - with ``unpaired=True``: ``ihc_unpaired`` (3, c, c) float32 in [-1, 1], the IHC crop
+      of another pair (the same pair if there is only one), its ``name_unpaired`` and
+      ``origin_unpaired``.
+
+    Notes
+    -----
+    Each nucleus is assigned to the pixel of its rounded centroid in the tile
+    (as :func:`atst_prep.nuclei.count_in_mask` does for a whole tile), then
+    shifted into the crop, so crops of one tile never count a nucleus twice.
+
+    Workers copy the dataset when a DataLoader iterator starts, so call
+    :meth:`set_epoch` before each epoch's ``iter(loader)``; persistent
+    workers (``persistent_workers=True``) keep the epoch of their first copy.
+    """
+
+    def __init__(self, shard_paths: Iterable[str | Path], crop: int = 512, keep_list: str | Path | None = None,
+                 seed: int = 0, unpaired: bool = True, raw: bool = False) -> None:
+        self.shard_paths = [str(p) for p in shard_paths]
+        if not self.shard_paths:
+            raise ValueError("no shards given")
+        if isinstance(crop, bool) or not isinstance(crop, (int, np.integer)) or crop < 1:
+            raise ValueError(f"crop must be a positive integer (px), got {crop!r}")
+        self.crop, self.seed, self.unpaired, self.raw, self.epoch = int(crop), int(seed), bool(unpaired), bool(raw), 0
+        kept = read_keep_list(Path(keep_list)) if keep_list is not None else None
+        samples: list[tuple[int, str, str, int, int]] = []
+        for i, path in enumerate(self.shard_paths):
+            split, entries = _index_shard(path, self.crop)
+            for key, name, h, w in entries:
+                if kept is None or (name in kept[0] if kept[1] is None else (split, name) in kept[1]):
+                    samples.append((i, key, name, h, w))
+        if not samples:
+            where = f" by keep-list {keep_list}" if kept is not None else ""
+            raise ValueError(f"no sample kept{where} in {len(self.shard_paths)} shard(s)")
+        self.samples = samples  # (shard index, sample key, name, height, width)
+        self._files: dict[int, h5py.File] = {}
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the crops of ``epoch`` from now on (call before each epoch's DataLoader iterator)."""
+        self.epoch = int(epoch)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_files"], state["_pid"] = {}, None  # handles never travel to another process
+        return state
+
+    def _group(self, shard: int, key: str) -> h5py.Group:
+        if self._pid != os.getpid():  # a forked worker: drop (do not close) the parent's handles
+            self._files, self._pid = {}, os.getpid()
+        f = self._files.get(shard)
+        if f is None:
+            f = self._files[shard] = h5py.File(self.shard_paths[shard], "r")
+        return f["samples"][key]
+
+    def _origin(self, rng: np.random.Generator, h: int, w: int) -> tuple[int, int]:
+        return int(rng.integers(0, h - self.crop + 1)), int(rng.integers(0, w - self.crop + 1))
+
+    def _window(self, g: h5py.Group, key: str, y0: int, x0: int) -> np.ndarray:
+        c = self.crop
+        return g[key][y0:y0 + c, x0:x0 + c]  # reads only the chunks under the window
+
+    def _image(self, window: np.ndarray) -> torch.Tensor:
+        """(c, c, 3) uint8 -> (3, c, c): float32 in [-1, 1], or uint8 with ``raw``."""
+        c = self.crop
+        planes = np.ascontiguousarray(window.transpose(2, 0, 1))
+        if self.raw:
+            return torch.from_numpy(planes)
+        return torch.from_numpy(cv2.LUT(planes.reshape(3 * c, c), _TO_UNIT).reshape(3, c, c))
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self.samples):
+            raise IndexError(f"index {index} out of range for {len(self.samples)} samples")
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        shard, key, name, h, w = self.samples[index]
+        y0, x0 = self._origin(rng, h, w)
+        c = self.crop
+        g = self._group(shard, key)
+        ihc = self._window(g, "ihc", y0, x0)
+        mask = self._window(g, "mask", y0, x0)
+        positive = cv2.countNonZero(mask)
+        xy = np.rint(g["nuclei/centroids"][()].astype(np.float64)).astype(np.int64) - np.array([x0, y0])
+        in_crop = xy[((xy >= 0) & (xy < c)).all(axis=1)]
+        item = {
+            "he": self._image(self._window(g, "he", y0, x0)),
+            "ihc": self._image(ihc),
+            "mask": torch.from_numpy(mask.reshape(1, c, c) if self.raw else mask.astype(np.float32).reshape(1, c, c)),
+            "dab_mean_in_mask": torch.tensor(_dab_mean(ihc, mask) if positive else 0.0, dtype=torch.float32),
+            "count_in_mask": torch.tensor(float(count_in_mask(in_crop, mask) if positive else 0), dtype=torch.float32),
+            "count_in_crop": torch.tensor(float(len(in_crop)), dtype=torch.float32),
+            "name": name,
+            "origin": torch.tensor([y0, x0], dtype=torch.int64),
+        }
+        if self.unpaired:
+            other = self._other(rng, index)
+            s2, key2, _, h2, w2 = self.samples[other]
+            uy, ux = self._origin(rng, h2, w2)
+            item["ihc_unpaired"] = self._image(self._window(self._group(s2, key2), "ihc", uy, ux))
+            item["name_unpaired"] = self.samples[other][2]
+            item["origin_unpaired"] = torch.tensor([uy, ux], dtype=torch.int64)
+        return item
+
+    def _other(self, rng: np.random.Generator, index: int) -> int:
+        """A random sample other than ``index`` (``index`` itself when there is only one)."""
+        n = len(self.samples)
+        if n == 1:
+            return index
+        j = int(rng.integers(0, n - 1))
+        return j + (j >= index)
+
+    def names(self) -> Sequence[str]:
+        """Pair names, in item order."""
+        return [s[2] for s in self.samples]

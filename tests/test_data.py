@@ -1,0 +1,151 @@
+"""ShardPairs: crops and targets equal a direct computation from the shards; keep-list; workers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from atst_model.data import ShardPairs, read_keep_list, to_unit
+from atst_prep.build import BuildConfig, build
+from atst_prep.mask import MaskConfig
+from atst_prep.shards import ShardError, iter_samples
+from atst_prep.sources import detect
+
+CROP = 96
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory, synth_data) -> list[Path]:
+    """The synthetic 256 px dataset built with the classical nucleus counter (6 train, 2 val pairs)."""
+    out = tmp_path_factory.mktemp("train-shards")
+    build(detect(synth_data), out, BuildConfig(mask=MaskConfig(closing_radius=5), shard_size=3, counter="classical"))
+    return sorted(out.rglob("shard-*.h5"))
+
+
+@pytest.fixture(scope="module")
+def samples(shards) -> dict[str, dict]:
+    return {s["name"]: s for p in shards for s in iter_samples(p, arrays=("he", "ihc", "dab", "mask"))}
+
+
+def _brute_force_counts(centroids: np.ndarray, mask: np.ndarray, y0: int, x0: int, c: int) -> tuple[int, int]:
+    """Nuclei (rounded centroid pixel of the tile) inside the crop, and inside crop and mask."""
+    in_crop = in_mask = 0
+    for x, y in centroids:
+        px, py = int(np.rint(x)), int(np.rint(y))
+        if x0 <= px < x0 + c and y0 <= py < y0 + c:
+            in_crop += 1
+            in_mask += bool(mask[py, px])
+    return in_crop, in_mask
+
+
+def test_items_equal_a_direct_computation_from_the_shards(shards, samples):
+    ds = ShardPairs(shards, crop=CROP, seed=7)
+    assert len(ds) == 8
+    counted = 0
+    for i in range(len(ds)):
+        item = ds[i]
+        s = samples[item["name"]]
+        y0, x0 = item["origin"].tolist()
+        win = np.s_[y0:y0 + CROP, x0:x0 + CROP]
+        for key in ("he", "ihc"):
+            want = torch.from_numpy(s[key][win]).permute(2, 0, 1).float() / 127.5 - 1
+            assert item[key].shape == (3, CROP, CROP) and item[key].dtype == torch.float32
+            torch.testing.assert_close(item[key], want, rtol=0, atol=1e-6)
+        mask = s["mask"][win]
+        np.testing.assert_array_equal(item["mask"][0].numpy(), mask.astype(np.float32))
+        want_dab = cv2.mean(s["dab"][win], mask=mask)[0] if mask.any() else 0.0
+        assert item["dab_mean_in_mask"].item() == pytest.approx(want_dab, abs=5.01e-5)  # the shard's 1e-4 steps
+        in_crop, in_mask = _brute_force_counts(s["centroids"], s["mask"], y0, x0, CROP)
+        assert (item["count_in_crop"].item(), item["count_in_mask"].item()) == (in_crop, in_mask)
+        counted += in_mask
+        other = samples[item["name_unpaired"]]
+        uy, ux = item["origin_unpaired"].tolist()
+        assert item["name_unpaired"] != item["name"]
+        want = torch.from_numpy(other["ihc"][uy:uy + CROP, ux:ux + CROP]).permute(2, 0, 1).float() / 127.5 - 1
+        torch.testing.assert_close(item["ihc_unpaired"], want, rtol=0, atol=1e-6)
+    assert counted > 0  # some crops do hold nuclei inside the mask
+
+
+def test_crops_depend_only_on_seed_epoch_and_index(shards):
+    ds = ShardPairs(shards, crop=CROP, seed=3)
+    first = [ds[i]["origin"].tolist() for i in range(len(ds))]
+    assert [ds[i]["origin"].tolist() for i in reversed(range(len(ds)))][::-1] == first
+    ds.set_epoch(1)
+    assert [ds[i]["origin"].tolist() for i in range(len(ds))] != first
+    ds.set_epoch(0)
+    assert [ds[i]["origin"].tolist() for i in range(len(ds))] == first
+    assert [ShardPairs(shards, crop=CROP, seed=4)[i]["origin"].tolist() for i in range(len(ds))] != first
+
+
+def test_two_workers_give_the_same_items_as_one_process(shards):
+    ds = ShardPairs(shards, crop=CROP, seed=5)
+    ds.set_epoch(2)
+    ds[0]  # a handle opened in the parent must not leak into the workers
+    batches = [list(DataLoader(ds, batch_size=3, num_workers=n)) for n in (0, 2)]
+    for a, b in zip(*batches):
+        assert a["name"] == b["name"]
+        for key, value in a.items():
+            if isinstance(value, torch.Tensor):
+                torch.testing.assert_close(value, b[key], rtol=0, atol=0)
+
+
+def test_raw_items_convert_to_the_float_items(shards):
+    floats, raw = ShardPairs(shards, crop=CROP, seed=1), ShardPairs(shards, crop=CROP, seed=1, raw=True)
+    item = raw[2]
+    assert item["he"].dtype == torch.uint8 and item["mask"].dtype == torch.uint8
+    converted, want = to_unit(item), floats[2]
+    for key in ("he", "ihc", "ihc_unpaired", "mask", "dab_mean_in_mask", "count_in_mask"):
+        torch.testing.assert_close(converted[key], want[key], rtol=0, atol=1e-6)
+
+
+def _keep_list(path: Path, rows: list[tuple[str, str, str]], columns=("name", "split", "score", "kept")) -> Path:
+    lines = [",".join(columns)]
+    for name, split, kept in rows:
+        values = {"name": name, "split": split, "score": "0.5", "kept": kept}
+        lines.append(",".join(values[c] for c in columns))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_keep_list_filters_samples(shards, samples, tmp_path):
+    names = sorted(samples)
+    splits = {n: ("val" if "val" in str(p) else "train") for p in shards for n in
+              [s["name"] for s in iter_samples(p, arrays=())]}
+    rows = [(n, splits[n], v) for n, v in zip(names, ["true", "1", "True", "false", "0", "", "no", "yes"])]
+    ds = ShardPairs(shards, crop=CROP, keep_list=_keep_list(tmp_path / "keep.csv", rows))
+    assert sorted(ds.names()) == names[:3]
+    # without a split column names alone decide; unlisted pairs are dropped
+    ds = ShardPairs(shards, crop=CROP, keep_list=_keep_list(tmp_path / "k2.csv", [(names[4], "", "true")],
+                                                            columns=("name", "kept")))
+    assert ds.names() == [names[4]]
+    assert ds[0]["name_unpaired"] == names[4]  # only one pair: the unpaired crop comes from it too
+    # a (split, name) that does not exist keeps nothing
+    wrong = _keep_list(tmp_path / "k3.csv", [(names[0], "test", "true")])
+    with pytest.raises(ValueError, match="no sample kept by keep-list") as err:
+        ShardPairs(shards, crop=CROP, keep_list=wrong)
+    assert "\n" not in str(err.value)
+
+
+def test_keep_list_without_the_needed_columns_is_refused(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("pair,kept\nx,true\n")
+    with pytest.raises(ValueError, match="lacks column"):
+        read_keep_list(path)
+    with pytest.raises(ValueError, match="cannot read keep-list"):
+        read_keep_list(tmp_path / "missing.csv")
+
+
+def test_shards_that_cannot_train_are_refused_with_the_reason(shards, synth_data, tmp_path):
+    with pytest.raises(ShardError, match="smaller than the 512 px crop"):
+        ShardPairs(shards, crop=512)
+    build(detect(synth_data), tmp_path, BuildConfig(mask=MaskConfig(closing_radius=5), shard_size=8),
+          splits=["val"])
+    with pytest.raises(ShardError, match="count-nuclei"):
+        ShardPairs(sorted(tmp_path.rglob("shard-*.h5")), crop=CROP)
+    with pytest.raises(ValueError, match="crop"):
+        ShardPairs(shards, crop=0)
