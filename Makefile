@@ -11,7 +11,8 @@ DEMO   ?= demo
 export HF_HUB_OFFLINE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help env demo test test-fast bench clean
+BIOMARKER ?= her2
+.PHONY: help env demo test test-fast bench train clean
 
 help: ## Show this list
 	@echo "Targets (each sets up $(VENV) on first use):"
@@ -25,14 +26,19 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 
 env: $(STAMP) ## Create the virtual environment and install the toolkit
 
-demo: $(STAMP) ## Synthetic pairs -> build-masks -> preview and verify; prints where the pictures are
+demo: $(STAMP) ## Synthetic pairs -> build-masks -> preview, verify -> a short CPU training; prints where the pictures are
 	$(BIN)/atst data synth --out $(DEMO)/data --n-train 12 --n-val 4 --seed 0
 	$(BIN)/atst prep build-masks --data $(DEMO)/data --out $(DEMO)/shards --closing-radius 5 --shard-size 4 --jobs $(JOBS)
 	$(BIN)/atst prep preview --shards $(DEMO)/shards --n 6
 	$(BIN)/atst prep verify --shards $(DEMO)/shards
+	$(BIN)/atst train --preset demo --shards $(DEMO)/shards/mist-her2 --out $(DEMO)/run --resume none
 	@echo ""
 	@echo "Pictures: $(DEMO)/shards/mist-her2/preview.png  (H&E | IHC | DAB | mask outline + nuclei)"
 	@echo "Shards:   $(DEMO)/shards/mist-her2/  (manifest.json lists them)"
+	@echo "Training: $(DEMO)/run/samples/  (H&E | fake IHC | real IHC | M' vs M), $(DEMO)/run/log.csv"
+
+train: $(STAMP) ## Train ATST-Net on prep shards: make train BIOMARKER=her2 (er, pr, ki67, bci, demo)
+	$(BIN)/atst train --preset $(BIOMARKER) $(TRAIN_ARGS)
 
 test: $(STAMP) ## Run the whole test suite (what CI runs)
 	$(BIN)/python -m pytest -q

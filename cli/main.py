@@ -6,7 +6,7 @@ import typer
 
 from atst_prep import __version__
 
-from . import align, data, nuclei, prep  # noqa: F401  (nuclei, align add prep commands)
+from . import align, data, nuclei, prep, train  # noqa: F401  (nuclei, align add prep commands)
 
 app = typer.Typer(
     help="ATST toolkit: virtual IHC staining of H&E supervised by masks from the consecutive IHC section.",
@@ -14,6 +14,7 @@ app = typer.Typer(
 )
 app.add_typer(prep.app, name="prep")
 app.add_typer(data.app, name="data")
+app.command("train")(train.train)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,132 @@
+"""The ATST trainer on CPU with the tiny networks: one step, exact resume, DDP, logs and pictures."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from atst_model.train.config import PRESETS, TrainerConfig, preset, resolve_preset
+from atst_model.train.trainer import Dist, Trainer
+from atst_prep.build import BuildConfig, build
+from atst_prep.mask import MaskConfig
+from atst_prep.sources import detect
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory, synth_data) -> Path:
+    out = tmp_path_factory.mktemp("train-shards")
+    build(detect(synth_data), out, BuildConfig(mask=MaskConfig(closing_radius=5), shard_size=4,
+                                               counter="classical"))
+    return out / "mist-her2"
+
+
+def _config(shards: Path, out: Path, **kw) -> TrainerConfig:
+    base = replace(preset("demo"), shards=str(shards), out=str(out), crop=128, g1_mode="native", max_steps=4,
+                   checkpoint_every=2, sample_every=2, log_every=1, num_workers=0, pool_size=2, epochs=3)
+    return replace(base, **kw)
+
+
+def test_one_training_step_runs_and_every_loss_is_finite(shards, tmp_path):
+    trainer = Trainer(_config(shards, tmp_path, max_steps=1), device="cpu", resume=None, dist_info=Dist())
+    history = trainer.run()
+    assert len(history) == 1
+    row = history[0]
+    for key in ("adv_g1", "adv_g2", "cycle", "d_ihc", "d_he", "aux_l1", "aux_l2", "aux_l3", "aux_l4", "aux_l5"):
+        assert np.isfinite(row[key]), key
+    assert (tmp_path / "checkpoints" / "step-0000001.pt").is_file()
+    assert (tmp_path / "log.csv").read_text().count("\n") == 2
+
+
+def test_resumed_run_computes_the_same_losses_as_an_uninterrupted_one(shards, tmp_path):
+    straight = Trainer(_config(shards, tmp_path / "a", max_steps=4), device="cpu", resume=None,
+                       dist_info=Dist()).run()
+    first = Trainer(_config(shards, tmp_path / "b", max_steps=2), device="cpu", resume=None, dist_info=Dist())
+    first.run()
+    second = Trainer(_config(shards, tmp_path / "b", max_steps=4), device="cpu", resume="auto", dist_info=Dist())
+    assert second.step_count == 2
+    resumed = second.run()
+    assert [r["step"] for r in resumed] == [3, 4]
+    for a, b in zip(straight[2:], resumed):
+        for key in ("g_total", "d_ihc", "d_he", "aux_total", "cycle"):
+            assert a[key] == b[key], (key, a[key], b[key])
+
+
+def test_sample_grid_and_logs_are_written(shards, tmp_path):
+    Trainer(_config(shards, tmp_path, max_steps=2), device="cpu", resume=None, dist_info=Dist()).run()
+    import cv2
+
+    grid = cv2.imread(str(tmp_path / "samples" / "step-0000002.png"))
+    assert grid is not None and grid.shape[1] >= 4 * 128
+    header = (tmp_path / "log.csv").read_text().splitlines()[0].split(",")
+    assert {"step", "g_total", "aux_l5", "crops_per_s", "lr"} <= set(header)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, shards: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    config = _config(Path(shards), Path(out), max_steps=2, checkpoint_every=2)
+    trainer = Trainer(config, device="cpu", resume=None, dist_info=Dist(rank, world, rank))
+    trainer.run()
+    flat = torch.cat([p.detach().flatten() for p in trainer.g1.parameters()])
+    torch.save(flat, Path(out) / f"g1-rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_with_two_gloo_processes_keeps_the_replicas_identical(shards, tmp_path):
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), str(shards), str(tmp_path)), nprocs=2)
+    a, b = (torch.load(tmp_path / f"g1-rank{r}.pt") for r in (0, 1))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert (tmp_path / "checkpoints" / "step-0000002.pt").is_file()
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_is_valid(name):
+    assert isinstance(preset(name), TrainerConfig)
+
+
+def test_paper_defaults():
+    c = TrainerConfig()
+    assert (c.lr, c.beta1, c.beta2, c.lambda_cycle, c.aux_weights, c.crop, c.batch) == \
+        (2e-4, 0.5, 0.999, 5.0, (60.0, 10.0, 10.0, 20.0, 1.0), 512, 1)
+
+
+def test_crop_too_small_for_224_tiles_is_refused_up_front():
+    with pytest.raises(ValueError, match="crop=128"):
+        TrainerConfig(crop=128, g1_mode="tiles224")
+
+
+def test_unknown_preset_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="her2"):
+        preset("lung")
+
+
+def test_biomarker_preset_on_synthetic_shards_trains_the_demo_configuration(shards, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "shards").symlink_to(shards.parent)
+    config, note = resolve_preset("her2")
+    assert config.g1 == "g1-tiny" and config.shards == "shards/mist-her2" and "synthetic" in note
+
+
+def test_train_command_runs_a_few_steps(shards, tmp_path):
+    from cli.main import app
+
+    result = CliRunner().invoke(app, ["train", "--preset", "demo", "--shards", str(shards), "--out",
+                                      str(tmp_path / "run"), "--max-steps", "2", "--crop", "128", "--g1-mode", "native",
+                                      "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "sample grid" in result.output and (tmp_path / "run" / "log.csv").is_file()
