@@ -66,6 +66,7 @@ def test_sample_grid_and_logs_are_written(shards, tmp_path):
     assert grid is not None and grid.shape[1] >= 4 * 128
     header = (tmp_path / "log.csv").read_text().splitlines()[0].split(",")
     assert {"step", "g_total", "aux_l5", "crops_per_s", "lr"} <= set(header)
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def _free_port() -> int:
