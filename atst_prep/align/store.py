@@ -40,9 +40,9 @@ import numpy as np
 
 from ..images import InputError, read_rgb
 from ..manifest import MANIFEST, find_manifests, read_manifest, write_manifest_file
-from ..nuclei.store import _copy_hashing
+from ..rewrite import rewrite_shard
 from ..runner import BuildError, FolderLock, run_tasks
-from ..shards import REGISTERED_KEYS, _plain, create_like, decode_density, fsync_dir, read_header, sha256_of
+from ..shards import REGISTERED_KEYS, _plain, create_like, decode_density, read_header, sha256_of
 from .register import register_image, register_points
 from .score import METHOD, VERSION, AlignConfig, Alignment, align_pair, unscorable
 from .select import RULES, Selection, select
@@ -147,30 +147,18 @@ def _attrs(a: Alignment, decision, ident: dict) -> dict:
 def write_shard(task: WriteTask) -> dict:
     """Write the alignment (and registered targets) of every sample into a copy, then replace the shard."""
     path = Path(task.folder) / task.file
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        if _copy_hashing(path, tmp) != task.sha256:
-            raise BuildError(f"{path}: checksum differs from the manifest (changed or corrupt; see "
-                             "'atst prep verify', rebuild with 'atst prep build-masks --overwrite')")
-        with h5py.File(tmp, "r+", libver=("v110", "v110")) as f:
-            for key, attrs, shift in task.samples:
-                g = f["samples"][key]
-                group = g.require_group("alignment")
-                for name in list(group.attrs):
-                    del group.attrs[name]
-                for name, value in attrs.items():
-                    group.attrs[name] = value
-                if shift is not None:
-                    _register(g, shift)
-            f.attrs["alignment"] = task.root_attr
-            f.attrs["alignment_source_sha256"] = task.sha256
-            f.flush()
-            os.fsync(f.id.get_vfd_handle())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with rewrite_shard(path, task.sha256) as f:
+        for key, attrs, shift in task.samples:
+            g = f["samples"][key]
+            group = g.require_group("alignment")
+            for name in list(group.attrs):
+                del group.attrs[name]
+            for name, value in attrs.items():
+                group.attrs[name] = value
+            if shift is not None:
+                _register(g, shift)
+        f.attrs["alignment"] = task.root_attr
+        f.attrs["alignment_source_sha256"] = task.sha256
     return {"folder": task.folder, "file": task.file, "n_samples": task.n_samples,
             "bytes": path.stat().st_size, "sha256": sha256_of(path)}
 

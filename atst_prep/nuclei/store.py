@@ -22,18 +22,15 @@ old checksum, which the next run recognises and corrects.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import h5py
-
 from ..manifest import MANIFEST, find_manifests, param_diff, read_manifest, write_manifest_file
+from ..rewrite import rewrite_shard
 from ..runner import BuildError, FolderLock, run_tasks
-from ..shards import as_stored, decode_density, fsync_dir, read_header, sha256_of, write_nuclei
+from ..shards import as_stored, decode_density, read_header, sha256_of, write_nuclei
 from . import make_counter
 
 #: The value of ``--counter`` that turns counting off.
@@ -118,15 +115,6 @@ class CountTask:
     n_samples: int
 
 
-def _copy_hashing(src: Path, dst: Path, block: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        while chunk := fin.read(block):
-            digest.update(chunk)
-            fout.write(chunk)
-    return digest.hexdigest()
-
-
 def count_shard(task: CountTask, name: str, weights: str | None, identity: dict) -> dict:
     """Count the nuclei of every sample of one shard and replace it atomically; return its new entry."""
     import cv2
@@ -134,30 +122,18 @@ def count_shard(task: CountTask, name: str, weights: str | None, identity: dict)
     cv2.setNumThreads(1)  # one task per core
     counter = open_counter(name, weights, identity)
     path = Path(task.folder) / task.file
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     n_nuclei = 0
-    try:
-        if _copy_hashing(path, tmp) != task.sha256:
-            raise BuildError(f"{path}: checksum differs from the manifest (changed or corrupt; see "
-                             "'atst prep verify', rebuild with 'atst prep build-masks --overwrite')")
-        with h5py.File(tmp, "r+", libver=("v110", "v110")) as f:
-            samples = f["samples"]
-            for key in sorted(samples):
-                g = samples[key]
-                nuclei = counter.detect(decode_density(g["hema"][()]), decode_density(g["dab"][()]))
-                write_nuclei(g, nuclei, identity)
-                n_nuclei += len(nuclei.areas)
-            params = json.loads(f.attrs["params"])
-            params["nuclei"] = identity
-            f.attrs["params"] = json.dumps(params, sort_keys=True)
-            f.attrs["nuclei_source_sha256"] = task.sha256  # lets a rerun finish the manifest after a kill
-            f.flush()
-            os.fsync(f.id.get_vfd_handle())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with rewrite_shard(path, task.sha256) as f:
+        samples = f["samples"]
+        for key in sorted(samples):
+            g = samples[key]
+            nuclei = counter.detect(decode_density(g["hema"][()]), decode_density(g["dab"][()]))
+            write_nuclei(g, nuclei, identity)
+            n_nuclei += len(nuclei.areas)
+        params = json.loads(f.attrs["params"])
+        params["nuclei"] = identity
+        f.attrs["params"] = json.dumps(params, sort_keys=True)
+        f.attrs["nuclei_source_sha256"] = task.sha256  # lets a rerun finish the manifest after a kill
     return {"folder": task.folder, "file": task.file, "n_samples": task.n_samples, "n_nuclei": n_nuclei,
             "bytes": path.stat().st_size, "sha256": sha256_of(path)}
 
