@@ -123,6 +123,15 @@ def test_biomarker_preset_on_synthetic_shards_trains_the_demo_configuration(shar
     assert config.g1 == "g1-tiny" and config.shards == "shards/mist-her2" and "synthetic" in note
 
 
+def test_biomarker_preset_without_shards_falls_back_to_the_demo_shards(shards, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo" / "shards").mkdir(parents=True)
+    (tmp_path / "demo" / "shards" / "mist-her2").symlink_to(shards)
+    config, note = resolve_preset("her2")
+    assert config.shards == "demo/shards/mist-her2" and config.out == "runs/her2" and config.g1 == "g1-tiny"
+    assert "no shards in shards/mist-her2" in note
+
+
 def test_train_command_runs_a_few_steps(shards, tmp_path):
     from cli.main import app
 

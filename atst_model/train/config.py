@@ -158,8 +158,9 @@ def resolve_preset(name: str) -> tuple[TrainerConfig, str | None]:
             f"{shards} holds synthetic pairs: training the demo configuration (tiny networks, "
             f"{demo.max_steps} CPU steps)")
     if not shards.exists() and Path(demo.shards).exists():
-        return demo, (f"no shards in {shards} (build them with 'atst prep build-masks'); training the demo "
-                      f"instead on {demo.shards}")
+        return replace(demo, out=config.out), (
+            f"no shards in {shards} (build them with 'atst prep build-masks'); training the demo configuration "
+            f"instead on {demo.shards}, into {config.out}")
     return config, None
 
 
