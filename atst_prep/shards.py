@@ -51,7 +51,7 @@ same nuclei; the counter's identity is also in the root ``params`` (key
 
 Files are written under a temporary name and renamed when complete, so a
 shard that exists is whole. Times are not tracked, so the same inputs and
-parameters give the same contents (:func:`content_digest`), and in practice
+parameters give the same contents (:func:`atst_prep.verify.content_digest`), and in practice
 byte-identical files (always in-process and with joblib workers in our tests;
 inside Dask workers HDF5 occasionally lays the same contents out differently).
 """
@@ -301,32 +301,6 @@ def sha256_of(path: Path, block: int = 1 << 22) -> str:
     with open(path, "rb") as f:
         while chunk := f.read(block):
             digest.update(chunk)
-    return digest.hexdigest()
-
-
-def content_digest(path: Path) -> str:
-    """SHA-256 of a shard's contents: every dataset's name, dtype, shape and values and every attribute.
-
-    Independent of how HDF5 laid the bytes out, so two shards with equal
-    digests hold the same data even where their file checksums differ.
-    """
-    digest = hashlib.sha256()
-
-    def add(name: str, obj) -> None:
-        digest.update(name.encode())
-        for key in sorted(obj.attrs):
-            digest.update(key.encode() + repr(_plain(obj.attrs[key])).encode())
-        if isinstance(obj, h5py.Dataset):
-            value = obj[()]
-            digest.update(f"{obj.dtype}{obj.shape}".encode())
-            digest.update(repr(value.tolist()).encode() if value.dtype == object else np.ascontiguousarray(value).tobytes())
-
-    with h5py.File(path, "r") as f:
-        add("/", f)
-        names = []
-        f.visit(names.append)
-        for name in sorted(names):
-            add(name, f[name])
     return digest.hexdigest()
 
 
