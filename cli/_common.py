@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 import os
 import time
 from typing import Callable
@@ -17,6 +18,14 @@ console = Console(stderr=True, highlight=False)
 EXIT_ERROR = 1
 EXIT_REJECTED = 3
 EXIT_INTERRUPTED = 130
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one yellow line, without the source line Python prints by default."""
+    console.print(f"[yellow]warning:[/] {message}")
+
+
+warnings.showwarning = _show_warning
 
 
 def _user_errors() -> tuple[type[Exception], ...]:

@@ -91,6 +91,7 @@ class Trainer:
         if resume:
             resume_path = st.latest(self.out / "checkpoints") if resume == "auto" else Path(resume)
 
+        paths = shard_paths(c.shards)  # before anything heavy: a missing folder is the commonest mistake
         # resuming replaces every weight: the PathoDuet file is only read for a fresh start
         self.g1 = create_network(c.g1, mode=c.g1_mode, encoder_weights=None if resume_path else c.encoder_weights)
         self.g2, self.d_ihc, self.d_he = (create_network(name) for name in (c.g2, c.d, c.d))
@@ -99,7 +100,6 @@ class Trainer:
             net.to(self.device)
             if c.channels_last and self.device.type == "cuda":
                 net.to(memory_format=torch.channels_last)
-        paths = shard_paths(c.shards)
         # M' must be the same function as prep's M: take Eq. 1's parameters from the shards
         mask_params = _shard_mask_params(paths)
         self.aux = AuxLosses(AuxLossConfig(weights=c.aux_weights, n_patches=c.aux_patches,
