@@ -70,6 +70,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny networks: checks the script")
     parser.add_argument("--batch", type=int, default=8, help="crops per step in our configuration")
+    parser.add_argument("--also", nargs="*", default=[], metavar="VARIANT",
+                        help="extra runs of ours in the same process: 'b16' (batch 16), 'native' (G1 native "
+                             "mode), 'compile' (torch.compile the generators; compile time reported apart)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--json", type=Path, default=Path("benchmarks/out/train_step.json"))
     args = parser.parse_args()
@@ -110,6 +113,27 @@ def main() -> None:
         batch = {k: (torch.cat([v] * args.batch) if isinstance(v, torch.Tensor) else v * args.batch)
                  for k, v in batch1.items()}
         ours_s = time_steps(ours, batch, steps, sync)
+        del ours
+        # printed now: a variant that runs past a time limit must not take these with it
+        print(f"reference-style: {1e3 * ref_s:.1f} ms per crop; ours: {1e3 * ours_s / args.batch:.1f} ms per crop")
+        variants = {}
+        for variant in args.also:
+            b = 16 if variant == "b16" else args.batch
+            cfg = replace(base, batch=b, precision="bf16", channels_last=True,
+                          g1_mode="native" if variant == "native" else base.g1_mode, compile=variant == "compile")
+            if cuda:
+                torch.cuda.empty_cache()
+            t0 = time.perf_counter()
+            trainer = Trainer(cfg, device=device, resume=None, dist_info=Dist())
+            vb = {k: (torch.cat([v] * b) if isinstance(v, torch.Tensor) else v * b) for k, v in batch1.items()}
+            trainer.step(vb)  # includes compilation for "compile"
+            sync()
+            first = time.perf_counter() - t0
+            ms = 1e3 * time_steps(trainer, vb, steps, sync) / b
+            variants[variant] = {"ms_per_crop": ms, "ratio": ref_s * 1e3 / ms, "first_step_s": first, "batch": b}
+            print(f"variant {variant}: {ms:.1f} ms per crop ({ref_s * 1e3 / ms:.1f}x; first step {first:.0f} s)")
+            del trainer
+        results["variants"] = variants
 
     ref_ms, ours_ms = 1e3 * ref_s, 1e3 * ours_s / args.batch
     with torch.device("meta"):
