@@ -68,7 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", type=Path, help="folder of shards (default: build synthetic ones)")
     parser.add_argument("--pairs", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=40, help="crops = pairs x epochs")
+    parser.add_argument("--epochs", type=int, default=150, help="crops = pairs x epochs (long enough that worker start-up fades)")
     parser.add_argument("--crop", type=int, default=512)
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args()
