@@ -194,12 +194,13 @@ def _report(path: Path, summary: dict, rows: list[dict], used: list[Pair]) -> No
     phv = summary["phv"]
     lines.append("PHV " + ("n/a (no ResNet-50 weights)" if phv is None else
                            "  ".join(f"{k} {v:.4f}" for k, v in phv.items())))
-    lines.append("FID/KID features: " + summary["conventions"]["inception_features"]["extractor"][:90])
+    lines.append("FID/KID features: " + summary["conventions"]["inception_features"]["extractor"])
     order = np.argsort([r["ssim"] for r in rows], kind="stable")
     picks = [("best", order[-1]), ("median", order[len(order) // 2]), ("worst", order[0])]
     has_he = used[0].he is not None
     cols = 3 if has_he else 2
-    width = max(cols * _THUMB + 150, 760)
+    longest = max(cv2.getTextSize(line, _FONT, 0.55, 1)[0][0] for line in lines)  # the table never gets cut
+    width = max(cols * _THUMB + 150, longest + 24)
     table_h = 22 * len(lines) + 16
     canvas = np.full((table_h + 24 + len(picks) * (_THUMB + 8), width, 3), 255, np.uint8)
     for i, line in enumerate(lines):
