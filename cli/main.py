@@ -8,6 +8,7 @@ from atst_prep import __version__
 
 from . import align, data, nuclei, prep, train  # noqa: F401  (nuclei, align add prep commands)
 from . import eval as eval_cli
+from .translate import translate_command
 
 app = typer.Typer(
     help="ATST toolkit: virtual IHC staining of H&E supervised by masks from the consecutive IHC section.",
@@ -17,6 +18,7 @@ app.add_typer(prep.app, name="prep")
 app.add_typer(data.app, name="data")
 app.command("train")(train.train)
 app.command("eval")(eval_cli.eval_command)
+app.command("translate")(translate_command)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,1 @@
+"""Inference: seamless tiled translation of images with a trained generator (:mod:`.translate`, :mod:`.stitch`)."""

@@ -1,0 +1,158 @@
+"""``atst translate``: seamless stitching (identity, seam bound), folders, both directions, exit codes."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from atst_model.infer.stitch import Canvas, blend_weights, tile_grid
+from atst_model.infer.translate import load_generator, translate_image
+from atst_model.networks import create_network
+from atst_model.train.config import TrainerConfig
+from atst_model.train.state import save
+from cli.main import app
+
+runner = CliRunner()
+
+
+class Identity(nn.Module):
+    """Returns its input: stitching must give the image back exactly."""
+
+    def forward(self, x):
+        return x
+
+
+class TileOffset(nn.Module):
+    """Adds one random constant (in [-1, 1] units) per window: the worst case for seams."""
+
+    def __init__(self, amplitude: float) -> None:
+        super().__init__()
+        self.amplitude, self.g = amplitude, torch.Generator().manual_seed(0)
+
+    def forward(self, x):
+        c = (torch.rand(x.shape[0], 1, 1, 1, generator=self.g) * 2 - 1) * self.amplitude
+        return x + c
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "step-1.pt"
+    config = TrainerConfig(g1="g1-tiny", g2="g2-tiny", d="d-tiny", g1_mode="native").to_dict()
+    save(path, {"config": config, "models": {"g1": create_network("g1-tiny", mode="native").state_dict(),
+                                             "g2": create_network("g2-tiny").state_dict()}})
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiles(tmp_path_factory):
+    from skimage.data import immunohistochemistry
+
+    img = immunohistochemistry()  # (512, 512, 3) uint8
+    folder = tmp_path_factory.mktemp("tiles")
+    sizes = {"a": (200, 300), "b": (512, 512), "c": (97, 130)}
+    for name, (h, w) in sizes.items():
+        cv2.imwrite(str(folder / f"{name}.png"), cv2.cvtColor(np.ascontiguousarray(img[:h, :w]), cv2.COLOR_RGB2BGR))
+    return folder, sizes
+
+
+def test_grid_covers_and_weights_partition():
+    w = blend_weights(64, 16)
+    assert w.min() > 0 and w.max() == 1
+    for h, wd, t, o in [(1, 1, 8, 2), (97, 130, 32, 8), (200, 33, 16, 0), (50, 61, 20, 10)]:
+        canvas = Canvas(h, wd, 1, blend_weights(t, o))
+        for y0, x0 in tile_grid(h, wd, t, o):
+            canvas.add(np.zeros((t, t, 1)), y0, x0)
+        assert (canvas.wsum > 0).all()
+        if o:  # ramps fall in the margins: the weights sum to exactly 1 inside the image
+            np.testing.assert_allclose(canvas.wsum, 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("h,w,tile,overlap", [(97, 131, 32, 8), (1, 1, 16, 4), (65, 33, 16, 0),
+                                               (203, 150, 64, 32), (300, 211, 128, 17)])
+def test_identity_network_is_exact(h, w, tile, overlap):
+    rgb = np.random.default_rng(h * w).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    out = translate_image(Identity(), rgb, tile=tile, overlap=overlap, batch=3, device="cpu")
+    assert out.shape == rgb.shape and np.abs(out.astype(int) - rgb).max() == 0
+
+
+def test_per_tile_offsets_leave_no_seam():
+    # Between two windows the offset field is c_a (1 - r) + c_b r with the raised-cosine ramp r, whose step
+    # per pixel is <= sin(pi / (2 overlap)); with separable weights the same holds at corners. So the jump
+    # between neighbouring pixels is <= max|c_a - c_b| * sin(pi / (2 overlap)) + 1 (uint8 rounding).
+    # Without blending the jump would be |c_a - c_b|, up to 2 * amplitude.
+    amplitude, overlap = 0.25, 24  # offsets within +-32 grey levels on a mid-grey image (no clipping)
+    rgb = np.random.default_rng(1).integers(96, 160, (181, 157, 3), dtype=np.uint8)
+    out = translate_image(TileOffset(amplitude), rgb, tile=64, overlap=overlap, batch=4, device="cpu")
+    field = out.astype(int) - rgb  # rounded offset field
+    jump = max(np.abs(np.diff(field, axis=0)).max(), np.abs(np.diff(field, axis=1)).max())
+    bound = 2 * amplitude * 127.5 * math.sin(math.pi / (2 * overlap)) + 1
+    assert np.abs(field).max() > 10  # the offsets are really there
+    assert jump <= bound, (jump, bound)
+
+
+def test_folder_he2ihc_and_ihc2he(checkpoint, tiles, tmp_path):
+    folder, sizes = tiles
+    for direction in ("he2ihc", "ihc2he"):
+        out = tmp_path / direction
+        result = runner.invoke(app, ["translate", str(checkpoint), str(folder), "--out", str(out),
+                                     "--direction", direction, "--tile", "128", "--overlap", "16", "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+        for name, (h, w) in sizes.items():
+            img = cv2.imread(str(out / f"{name}.png"))
+            assert img is not None and img.shape == (h, w, 3)
+
+
+def test_load_generator_picks_the_network(checkpoint):
+    g1, g2 = load_generator(checkpoint, "he2ihc"), load_generator(checkpoint, "ihc2he")
+    assert type(g1).__name__ == "G1" and g1.config.mode == "native" and type(g2).__name__ == "G2"
+    with pytest.raises(ValueError, match="direction"):
+        load_generator(checkpoint, "sideways")
+
+
+def test_missing_checkpoint_exit_1(tiles, tmp_path):
+    folder, _ = tiles
+    result = runner.invoke(app, ["translate", str(tmp_path / "nope.pt"), str(folder), "--out", str(tmp_path / "o")])
+    text = " ".join(result.output.split())  # rich wraps at the test console's width
+    assert result.exit_code == 1 and result.output.count("error:") == 1
+    assert text.startswith("error:") and "nope.pt: no such checkpoint" in text
+
+
+def test_not_a_checkpoint_exit_1(tiles, tmp_path):
+    folder, _ = tiles
+    bogus = tmp_path / "bogus.pt"
+    torch.save({"hello": 1}, bogus)
+    result = runner.invoke(app, ["translate", str(bogus), str(folder), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "not an ATST trainer checkpoint" in result.output
+
+
+def test_corrupt_input_exit_3(checkpoint, tiles, tmp_path):
+    folder, _ = tiles
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    out = tmp_path / "o"
+    result = runner.invoke(app, ["translate", str(checkpoint), str(folder / "c.png"), str(bad), "--out", str(out),
+                                 "--tile", "128", "--overlap", "16", "--device", "cpu"])
+    assert result.exit_code == 3, result.output
+    rejected = [line for line in result.output.splitlines() if "rejected" in line]
+    assert len(rejected) == 1 and "broken.png" in rejected[0]
+    assert (out / "c.png").exists() and not (out / "broken.png").exists()
+
+
+def test_two_inputs_with_one_name_are_not_allowed_to_overwrite_each_other(tmp_path):
+    import cv2
+    from skimage import data
+
+    from atst_model.infer.translate import translate_folder
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        cv2.imwrite(str(tmp_path / folder / "tile.png"), data.immunohistochemistry()[:64, :64])
+    result = translate_folder(Identity(), [tmp_path / "a", tmp_path / "b"], tmp_path / "out", tile=32, overlap=8)
+    assert len(result.written) == 1 and len(result.rejected) == 1 and "same name" in result.rejected[0]
