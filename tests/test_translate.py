@@ -156,3 +156,49 @@ def test_two_inputs_with_one_name_are_not_allowed_to_overwrite_each_other(tmp_pa
         cv2.imwrite(str(tmp_path / folder / "tile.png"), data.immunohistochemistry()[:64, :64])
     result = translate_folder(Identity(), [tmp_path / "a", tmp_path / "b"], tmp_path / "out", tile=32, overlap=8)
     assert len(result.written) == 1 and len(result.rejected) == 1 and "same name" in result.rejected[0]
+
+
+def test_slide_to_pyramidal_bigtiff(checkpoint, tmp_path):
+    # CMU-Small-Region has white background around the tissue: some windows must be skipped, not run.
+    pytest.importorskip("imagecodecs")
+    import tifffile
+
+    from .realslide import SLIDE
+
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["translate", str(checkpoint), str(SLIDE), "--out", str(out),
+                                 "--tile", "256", "--overlap", "32", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    skipped = int(result.output.split("background skipped")[0].rsplit("(", 1)[1].split()[0])
+    assert skipped >= 1, result.output
+    with tifffile.TiffFile(SLIDE) as tf:
+        h, w = tf.series[0].levels[0].shape[:2]
+    with tifffile.TiffFile(out / f"{SLIDE.stem}.tif") as tf:
+        assert tf.is_bigtiff and tf.pages[0].is_tiled
+        levels = tf.series[0].levels
+        assert levels[0].shape == (h, w, 3) and len(levels) >= 2
+        for i, level in enumerate(levels):
+            img = level.asarray()
+            assert img.shape == (-(-h // 2**i), -(-w // 2**i), 3) and img.dtype == np.uint8
+        assert max(levels[-1].shape[:2]) <= 1024
+    assert not list(out.glob("*.partial"))
+
+
+def test_slide_identity_is_exact_and_background_is_white(monkeypatch, tmp_path):
+    # A synthetic slide with a white margin: band reads + row-strip canvas give the image back exactly
+    # where windows run, and skipped (background) windows come out white.
+    pytest.importorskip("imagecodecs")
+    import tifffile
+
+    import atst_model.infer.slide as slide
+
+    rng = np.random.default_rng(0)
+    img = np.full((700, 530, 3), 255, np.uint8)
+    img[100:420, 60:300] = rng.integers(40, 200, (320, 240, 3), dtype=np.uint8)
+    path = tmp_path / "s.tif"
+    tifffile.imwrite(path, img, tile=(128, 128), photometric="rgb", compression="zlib")
+    captured = {}
+    monkeypatch.setattr(slide, "write_pyramid", lambda p, a: captured.setdefault("a", a) is None or [a.shape[:2]])
+    res = slide.translate_slide(Identity(), path, tmp_path / "o.tif", tile=64, overlap=16, batch=5, device="cpu")
+    assert res.skipped > 0 and res.windows > res.skipped
+    np.testing.assert_array_equal(captured["a"], img)
