@@ -10,7 +10,7 @@ metric                 convention
                        data_range=255)``; identical images give ``inf``
 :func:`ssim`           ``skimage.metrics.structural_similarity(real, fake,
                        channel_axis=2, data_range=255)`` (7x7 uniform window,
-                       sample covariance). The old ``multichannel=True`` argument
+                       sample covariance). The old ``multichannel`` keyword
                        is silently ignored by current scikit-image and must not be
                        used: it would compute a 3-D SSIM over the colour axis.
 :func:`css`            contrast-structure term of SSIM as ``sewar.full_ref.ssim``
