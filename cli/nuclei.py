@@ -43,11 +43,9 @@ def train_nuclei(
     console.print(f"rendering {synthetic} synthetic tiles ({synthetic_size} px)")
     tiles = synthetic_tiles(synthetic, size=synthetic_size, seed=seed, in_channels=model_config.in_channels)
     if shards is not None:
-        from atst_prep.build import read_manifest
-        from atst_prep.verify import find_manifests
+        from atst_model.train.trainer import shard_paths
 
-        paths = [m.parent / s["file"] for m in find_manifests(shards)
-                 for info in read_manifest(m)["splits"].values() for s in info["shards"] if s["n_samples"]]
+        paths = shard_paths(shards)
         pseudo = pseudo_label_tiles(paths, in_channels=model_config.in_channels, max_tiles=max_pseudo)
         console.print(f"{len(pseudo)} real IHC tiles pseudo-labelled by the classical detector")
         tiles += pseudo

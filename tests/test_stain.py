@@ -68,3 +68,8 @@ def test_dab_density_of_gray_inverts_dab_gray():
 def test_unmixing_rejects_anything_but_rgb_uint8(bad):
     with pytest.raises(ValueError, match="uint8 RGB"):
         stain.dab_channel(bad)
+
+
+def test_dab_channel_is_bit_identical_to_the_one_pass_unmixing(real_ihc):
+    """Masks made at build time (one pass) and by dab_mask (dab_channel) must agree to the bit."""
+    np.testing.assert_array_equal(stain.dab_channel(real_ihc), stain.dab_and_hematoxylin(real_ihc)[0])
