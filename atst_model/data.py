@@ -14,7 +14,9 @@ id changes, so ``DataLoader(num_workers=N)`` with fork or spawn is safe.
 from __future__ import annotations
 
 import csv
+import ctypes
 import os
+import sys
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -28,7 +30,7 @@ from atst_prep.nuclei import count_in_mask
 from atst_prep.shards import SCHEMA, ShardError
 from atst_prep.stain import dab_channel
 
-__all__ = ["ShardPairs", "read_keep_list", "to_unit", "TRUE_VALUES"]
+__all__ = ["ShardPairs", "keep_freed_memory", "read_keep_list", "to_unit", "TRUE_VALUES"]
 
 #: Values of a keep-list's ``kept`` column that mean "kept".
 TRUE_VALUES = frozenset({"1", "true", "True"})
@@ -68,17 +70,41 @@ def read_keep_list(path: Path) -> tuple[set[str], set[tuple[str, str]] | None]:
 def to_unit(batch: dict, device: str | torch.device | None = None) -> dict:
     """A batch of :class:`ShardPairs` on ``device`` with images in [-1, 1] and the mask float32.
 
-    Converts ``raw=True`` batches (uint8) on the device, where it is cheap;
-    float batches are only moved. Non-tensor entries (``name``) are kept.
+    Converts ``raw=True`` batches (uint8) on the device, where it is cheap:
+    images arrive as read, (..., c, c, 3), and leave as (..., 3, c, c) float
+    views of the same memory order, i.e. ``channels_last`` for a batch, the
+    layout the generators run in. Float batches are only moved. Non-tensor
+    entries (``name``) are kept.
     """
     out = {}
     for key, value in batch.items():
         if isinstance(value, torch.Tensor):
             value = value.to(device, non_blocking=True) if device is not None else value
             if value.dtype == torch.uint8:
-                value = value.float() if key == "mask" else value.float().mul_(1 / 127.5).sub_(1.0)
+                value = value.float() if key == "mask" else value.movedim(-1, -3).float().mul_(1 / 127.5).sub_(1.0)
         out[key] = value
     return out
+
+
+def keep_freed_memory() -> bool:
+    """Let this process reuse freed memory instead of handing it back to the OS (glibc only).
+
+    An item allocates a few MB of short-lived arrays (windows, unmixed DAB).
+    By default glibc serves blocks over 128 KB with fresh ``mmap`` pages and
+    returns them on ``free``, so every item pays a page fault per 4 KB page:
+    measured, 4.8 ms per 512 crop instead of 1.6 ms (``benchmarks/loader.py``).
+    Raising the mmap and trim thresholds (the ``MALLOC_MMAP_THRESHOLD_`` and
+    ``MALLOC_TRIM_THRESHOLD_`` switches, set from inside the process) keeps
+    those pages mapped for the next item. Returns whether it applied.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+        return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 512 << 20))
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
 
 
 def _dab_mean(ihc: np.ndarray, mask: np.ndarray) -> float:
@@ -136,10 +162,11 @@ class ShardPairs(Dataset):
         Also return ``ihc_unpaired``, an IHC crop of another random pair: the
         discriminator sees unpaired real IHC, as in the paper.
     raw : bool
-        Return images and mask as uint8 (``he`` etc. (3, c, c) bytes, ``mask``
-        (1, c, c) in {0, 1}) and convert on the GPU with :func:`to_unit`: a
-        quarter of the bytes through the workers' shared memory and the
-        collate (see ``benchmarks/loader.py``). Same crops and targets.
+        Return images and mask as uint8, as stored (``he`` etc. (c, c, 3)
+        bytes, ``mask`` (1, c, c) in {0, 1}), and convert on the GPU with
+        :func:`to_unit`: a quarter of the bytes through the workers' shared
+        memory and the collate, and no transpose on the CPU (see
+        ``benchmarks/loader.py``). Same crops and targets.
 
     Items
     -----
@@ -187,6 +214,7 @@ class ShardPairs(Dataset):
             raise ValueError(f"no sample kept{where} in {len(self.shard_paths)} shard(s)")
         self.samples = samples  # (shard index, sample key, name, height, width)
         self._files: dict[int, h5py.File] = {}
+        self._datasets: dict[tuple[int, str], tuple[h5py.Dataset, ...]] = {}
         self._pid: int | None = None
 
     def __len__(self) -> int:
@@ -198,30 +226,40 @@ class ShardPairs(Dataset):
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_files"], state["_pid"] = {}, None  # handles never travel to another process
+        state["_files"], state["_datasets"], state["_pid"] = {}, {}, None  # handles never travel
         return state
 
-    def _group(self, shard: int, key: str) -> h5py.Group:
-        if self._pid != os.getpid():  # a forked worker: drop (do not close) the parent's handles
-            self._files, self._pid = {}, os.getpid()
-        f = self._files.get(shard)
-        if f is None:
-            f = self._files[shard] = h5py.File(self.shard_paths[shard], "r")
-        return f["samples"][key]
+    def _open(self, shard: int, key: str) -> tuple[h5py.Dataset, ...]:
+        """(he, ihc, mask, centroids) datasets of a sample, opened once per process.
+
+        Opening a dataset object costs several times reading a 512 window
+        through one that is open (h5py caches its fast reader per object).
+        """
+        if self._pid != os.getpid():  # a new process (or a forked worker): drop, do not close, the parent's handles
+            self._files, self._datasets, self._pid = {}, {}, os.getpid()
+            keep_freed_memory()
+        found = self._datasets.get((shard, key))
+        if found is None:
+            f = self._files.get(shard)
+            if f is None:
+                f = self._files[shard] = h5py.File(self.shard_paths[shard], "r")
+            g = f["samples"][key]
+            found = self._datasets[(shard, key)] = (g["he"], g["ihc"], g["mask"], g["nuclei/centroids"])
+        return found
 
     def _origin(self, rng: np.random.Generator, h: int, w: int) -> tuple[int, int]:
         return int(rng.integers(0, h - self.crop + 1)), int(rng.integers(0, w - self.crop + 1))
 
-    def _window(self, g: h5py.Group, key: str, y0: int, x0: int) -> np.ndarray:
+    def _window(self, dataset: h5py.Dataset, y0: int, x0: int) -> np.ndarray:
         c = self.crop
-        return g[key][y0:y0 + c, x0:x0 + c]  # reads only the chunks under the window
+        return dataset[y0:y0 + c, x0:x0 + c]  # reads only the chunks under the window
 
     def _image(self, window: np.ndarray) -> torch.Tensor:
-        """(c, c, 3) uint8 -> (3, c, c): float32 in [-1, 1], or uint8 with ``raw``."""
+        """(c, c, 3) uint8 -> (3, c, c) float32 in [-1, 1]; with ``raw``, the bytes as they are."""
+        if self.raw:
+            return torch.from_numpy(window)
         c = self.crop
         planes = np.ascontiguousarray(window.transpose(2, 0, 1))
-        if self.raw:
-            return torch.from_numpy(planes)
         return torch.from_numpy(cv2.LUT(planes.reshape(3 * c, c), _TO_UNIT).reshape(3, c, c))
 
     def __getitem__(self, index: int) -> dict:
@@ -231,14 +269,14 @@ class ShardPairs(Dataset):
         shard, key, name, h, w = self.samples[index]
         y0, x0 = self._origin(rng, h, w)
         c = self.crop
-        g = self._group(shard, key)
-        ihc = self._window(g, "ihc", y0, x0)
-        mask = self._window(g, "mask", y0, x0)
+        he_data, ihc_data, mask_data, centroids = self._open(shard, key)
+        ihc = self._window(ihc_data, y0, x0)
+        mask = self._window(mask_data, y0, x0)
         positive = cv2.countNonZero(mask)
-        xy = np.rint(g["nuclei/centroids"][()].astype(np.float64)).astype(np.int64) - np.array([x0, y0])
+        xy = np.rint(centroids[()].astype(np.float64)).astype(np.int64) - np.array([x0, y0])
         in_crop = xy[((xy >= 0) & (xy < c)).all(axis=1)]
         item = {
-            "he": self._image(self._window(g, "he", y0, x0)),
+            "he": self._image(self._window(he_data, y0, x0)),
             "ihc": self._image(ihc),
             "mask": torch.from_numpy(mask.reshape(1, c, c) if self.raw else mask.astype(np.float32).reshape(1, c, c)),
             "dab_mean_in_mask": torch.tensor(_dab_mean(ihc, mask) if positive else 0.0, dtype=torch.float32),
@@ -251,7 +289,7 @@ class ShardPairs(Dataset):
             other = self._other(rng, index)
             s2, key2, _, h2, w2 = self.samples[other]
             uy, ux = self._origin(rng, h2, w2)
-            item["ihc_unpaired"] = self._image(self._window(self._group(s2, key2), "ihc", uy, ux))
+            item["ihc_unpaired"] = self._image(self._window(self._open(s2, key2)[1], uy, ux))
             item["name_unpaired"] = self.samples[other][2]
             item["origin_unpaired"] = torch.tensor([uy, ux], dtype=torch.int64)
         return item

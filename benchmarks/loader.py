@@ -7,8 +7,9 @@ shards from them (classical nucleus counter, images stored uncompressed as
 ``build-masks`` does by default) in a temporary folder. Then it times
 ``ShardPairs(crop=512)`` items (paired H&E and IHC, mask, DAB mean, counts,
 unpaired IHC), float32 items and ``raw=True`` (uint8) items: ``__getitem__``
-alone (ms per item), then ``DataLoader`` batches of 8 (default collate) in
-the main process and with 2 workers. Each run reads every pair for
+alone (ms per item), then batches of 8 (default collate): a ``DataLoader``
+in the main process and with 2 worker processes, and the trainer's default,
+:class:`atst_model.loader.ThreadedLoader` with 2 threads. Each run reads every pair for
 ``--epochs`` epochs (new crops each epoch), after one warm-up epoch so the OS
 page cache holds the shards, as it does in training after the first epoch.
 """
@@ -29,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atst_model.data import ShardPairs  # noqa: E402
+from atst_model.loader import ThreadedLoader  # noqa: E402
 from atst_prep.build import BuildConfig, build  # noqa: E402
 from atst_prep.mask import MaskConfig  # noqa: E402
 from atst_prep.sources import detect  # noqa: E402
@@ -88,6 +90,8 @@ def main() -> None:
             row["ms_per_item"] = 1e3 / crops_per_second(data[i] for i in range(len(data)))
             row["crops_per_s_1_process"] = crops_per_second(DataLoader(data, batch_size=args.batch))
             row["crops_per_s_2_workers"] = crops_per_second(DataLoader(data, batch_size=args.batch, num_workers=2))
+            row["crops_per_s_2_threads"] = crops_per_second(
+                ThreadedLoader(data, batch_size=args.batch, sampler=range(len(data)), threads=2))
             rows.append({k: round(v, 1) if isinstance(v, float) else v for k, v in row.items()})
             print(json.dumps(rows[-1]), flush=True)
 

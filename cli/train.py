@@ -36,7 +36,10 @@ def train(
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the generators."),
     checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints."),
     sample_every: Optional[int] = typer.Option(None, help="Steps between sample-grid PNGs."),
-    num_workers: Optional[int] = typer.Option(None, help="Data loader processes per training process."),
+    loader: Optional[str] = typer.Option(None, help="threads (fast default: batches built by threads of this "
+                                         "process) or processes (a torch DataLoader with worker processes)."),
+    num_workers: Optional[int] = typer.Option(None, help="Loader threads (or processes) per training process; "
+                                              "0 loads in the training loop."),
     seed: Optional[int] = typer.Option(None, help="Seed of data order, crops, pools and initial weights."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda (default: the GPU of this rank when there is one)."),
     resume: str = typer.Option("auto", help="auto (the run folder's latest checkpoint), a checkpoint path, or none."),
@@ -67,7 +70,7 @@ def train(
                      nuclei_weights=nuclei_weights, keep_list=keep_list, crop=crop, batch=batch, epochs=epochs,
                      max_steps=max_steps, lr=lr, lambda_cycle=lambda_cycle, lambda_identity=lambda_identity,
                      aux_weights=weights, precision=precision, compile=compile, checkpoint_every=checkpoint_every,
-                     sample_every=sample_every, num_workers=num_workers, seed=seed)
+                     sample_every=sample_every, loader=loader, num_workers=num_workers, seed=seed)
     overrides = {k: (str(v) if isinstance(v, Path) else v) for k, v in overrides.items()}
     config = make_config(base.with_overrides, **overrides)
     trainer = Trainer(config, device=device, resume=None if resume == "none" else resume)

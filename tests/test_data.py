@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from atst_model.data import ShardPairs, read_keep_list, to_unit
+from atst_model.data import ShardPairs, keep_freed_memory, read_keep_list, to_unit
+from atst_model.loader import ThreadedLoader
 from atst_prep.build import BuildConfig, build
 from atst_prep.mask import MaskConfig
 from atst_prep.shards import ShardError, iter_samples
@@ -94,13 +95,50 @@ def test_two_workers_give_the_same_items_as_one_process(shards):
                 torch.testing.assert_close(value, b[key], rtol=0, atol=0)
 
 
+def test_threaded_loader_gives_the_dataloader_batches_in_sampler_order(shards):
+    ds = ShardPairs(shards, crop=CROP, seed=5, raw=True)
+    ds.set_epoch(1)
+    order = [5, 2, 7, 0, 1, 6, 3, 4]
+    want = list(DataLoader(ds, batch_size=3, sampler=order, drop_last=True))
+    for threads in (0, 1, 3):
+        got = list(ThreadedLoader(ds, batch_size=3, sampler=order, threads=threads, prefetch=1))
+        assert len(got) == len(want) == 2
+        for a, b in zip(got, want):
+            assert a["name"] == b["name"]
+            for key, value in b.items():
+                if isinstance(value, torch.Tensor):
+                    torch.testing.assert_close(a[key], value, rtol=0, atol=0)
+    kept_last = list(ThreadedLoader(ds, batch_size=3, sampler=order, drop_last=False))
+    assert [len(b["name"]) for b in kept_last] == [3, 3, 2]
+
+
+def test_threaded_loader_stops_early_and_passes_errors_on(shards):
+    ds = ShardPairs(shards, crop=CROP, seed=5)
+    loader = ThreadedLoader(ds, batch_size=2, sampler=range(len(ds)), threads=2)
+    for _ in loader:  # leaving the loop early must not hang or leak running threads
+        break
+    with pytest.raises(IndexError, match="out of range"):
+        list(ThreadedLoader(ds, batch_size=2, sampler=[0, 1, 99, 2], threads=2))
+    with pytest.raises(ValueError):
+        ThreadedLoader(ds, batch_size=0, sampler=[0])
+
+
+def test_keep_freed_memory_is_harmless_to_call_again():
+    assert keep_freed_memory() in (True, False)
+    assert keep_freed_memory() in (True, False)
+
+
 def test_raw_items_convert_to_the_float_items(shards):
     floats, raw = ShardPairs(shards, crop=CROP, seed=1), ShardPairs(shards, crop=CROP, seed=1, raw=True)
     item = raw[2]
     assert item["he"].dtype == torch.uint8 and item["mask"].dtype == torch.uint8
+    assert item["he"].shape == (CROP, CROP, 3) and item["mask"].shape == (1, CROP, CROP)  # as stored
     converted, want = to_unit(item), floats[2]
     for key in ("he", "ihc", "ihc_unpaired", "mask", "dab_mean_in_mask", "count_in_mask"):
         torch.testing.assert_close(converted[key], want[key], rtol=0, atol=1e-6)
+    batch = to_unit(next(iter(DataLoader(raw, batch_size=2))))
+    assert batch["he"].shape == (2, 3, CROP, CROP)
+    assert batch["he"].is_contiguous(memory_format=torch.channels_last)  # the generators' layout, no copy
 
 
 def _keep_list(path: Path, rows: list[tuple[str, str, str]], columns=("name", "split", "score", "kept")) -> Path:

@@ -33,7 +33,10 @@ class TrainerConfig:
     precision : ``"bf16"`` (autocast on CUDA) or ``"fp32"``.
     channels_last, compile : memory format and ``torch.compile``.
     checkpoint_every, sample_every, log_every : in steps.
-    num_workers : data loader processes per training process.
+    loader : ``"threads"`` (batches built by threads of the training process, the
+        fast default; see :mod:`atst_model.loader`) or ``"processes"`` (a
+        ``torch.utils.data.DataLoader`` with worker processes).
+    num_workers : loader threads (or processes) per training process; 0 loads in the training loop.
     keep_list : CSV from ``atst prep filter-misaligned`` (None: every pair).
     seed : seeds data order, crops, pools and initial weights.
     """
@@ -64,6 +67,7 @@ class TrainerConfig:
     checkpoint_every: int = 1000
     sample_every: int = 500
     log_every: int = 10
+    loader: str = "threads"
     num_workers: int = 2
     keep_list: str | None = None
     seed: int = 0
@@ -83,7 +87,7 @@ class TrainerConfig:
             "aux_patches": self.aux_patches >= 4, "pool_size": self.pool_size >= 0,
             "precision": self.precision in PRECISIONS, "checkpoint_every": self.checkpoint_every >= 1,
             "sample_every": self.sample_every >= 1, "log_every": self.log_every >= 1,
-            "num_workers": self.num_workers >= 0,
+            "loader": self.loader in ("threads", "processes"), "num_workers": self.num_workers >= 0,
         }
         bad = [f"{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
         if bad:

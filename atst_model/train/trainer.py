@@ -197,13 +197,20 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def loader(self):
+        """This epoch's batches, from the current position (``config.loader``: threads or processes)."""
         from torch.utils.data import DataLoader
 
-        self.sampler.set_position(self.epoch, self.step_in_epoch * self.config.batch)
+        from ..loader import ThreadedLoader
+
+        c = self.config
+        self.sampler.set_position(self.epoch, self.step_in_epoch * c.batch)
         self.dataset.set_epoch(self.epoch)
-        return DataLoader(self.dataset, batch_size=self.config.batch, sampler=self.sampler, drop_last=True,
-                          num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda",
-                          persistent_workers=False)
+        pin = self.device.type == "cuda"
+        if c.loader == "threads":
+            return ThreadedLoader(self.dataset, batch_size=c.batch, sampler=self.sampler, threads=c.num_workers,
+                                  drop_last=True, pin_memory=pin)
+        return DataLoader(self.dataset, batch_size=c.batch, sampler=self.sampler, drop_last=True,
+                          num_workers=c.num_workers, pin_memory=pin, persistent_workers=False)
 
     def run(self, on_step: Callable[[int, dict], None] | None = None) -> list[dict]:
         """Train until the last epoch or ``max_steps``; returns the logged rows of this process."""
