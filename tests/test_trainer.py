@@ -44,6 +44,23 @@ def test_one_training_step_runs_and_every_loss_is_finite(shards, tmp_path):
     assert (tmp_path / "log.csv").read_text().count("\n") == 2
 
 
+def test_training_reads_the_train_split_only(shards, tmp_path):
+    from atst_model.train.trainer import shard_paths
+
+    import h5py
+
+    trainer = Trainer(_config(shards, tmp_path, max_steps=1), device="cpu", resume=None, dist_info=Dist())
+    every, train = shard_paths(shards, splits=None), shard_paths(shards)
+    assert set(train) < set(every) and all(p.parent.name == "train" for p in train)  # MIST's val is its test set
+    train_names = set()
+    for path in train:
+        with h5py.File(path, "r") as f:
+            train_names |= {str(g.attrs["name"]) for g in f["samples"].values()}
+    assert set(trainer.dataset.names()) == train_names
+    with pytest.raises(FileNotFoundError, match="splits present: train, val"):
+        shard_paths(shards, splits=("test",))
+
+
 def test_resumed_run_computes_the_same_losses_as_an_uninterrupted_one(shards, tmp_path):
     straight = Trainer(_config(shards, tmp_path / "a", max_steps=4), device="cpu", resume=None,
                        dist_info=Dist()).run()

@@ -306,15 +306,25 @@ def json_key(value) -> str:
     return json.dumps(value, sort_keys=True)
 
 
-def shard_paths(folder: str | Path) -> list[Path]:
-    """Every non-empty shard listed by the manifests at or below ``folder`` (as prep wrote them)."""
+#: Splits a training run reads by default: MIST's and BCI's "train", a plain folder's "all".
+#: MIST's "val" and BCI's "test" are the published test sets and are never trained on.
+TRAIN_SPLITS = ("train", "all")
+
+
+def shard_paths(folder: str | Path, splits: tuple[str, ...] | None = TRAIN_SPLITS) -> list[Path]:
+    """The non-empty shards of ``splits`` (None: every split) listed by the manifests at or below ``folder``."""
     from atst_prep.manifest import read_manifest
     from atst_prep.verify import find_manifests
 
-    paths = []
+    paths, seen = [], set()
     for manifest in find_manifests(Path(folder)):
-        for info in read_manifest(manifest)["splits"].values():
-            paths += [manifest.parent / s["file"] for s in info["shards"] if s["n_samples"] > 0]
+        for split, info in read_manifest(manifest)["splits"].items():
+            seen.add(split)
+            if splits is None or split in splits:
+                paths += [manifest.parent / s["file"] for s in info["shards"] if s["n_samples"] > 0]
     if not paths:
-        raise FileNotFoundError(f"{folder}: the manifests list no samples (run 'atst prep build-masks' first)")
+        which = "" if splits is None else f" in split(s) {', '.join(splits)}"
+        found = f" (splits present: {', '.join(sorted(seen))})" if seen else ""
+        raise FileNotFoundError(f"{folder}: the manifests list no samples{which}{found} "
+                                "(run 'atst prep build-masks' first)")
     return paths
