@@ -1,7 +1,8 @@
-"""``atst translate``: virtual staining of images and folders with a trained generator."""
+"""``atst translate``: virtual staining of images, folders and whole slides with a trained generator."""
 
 from __future__ import annotations
 
+import errno
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -9,6 +10,9 @@ from typing import List, Optional
 import typer
 
 from ._common import EXIT_REJECTED, command, console, fail, progress_bar
+
+#: errno values that mean the output cannot be written (disk full, quota, read-only, permission).
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
 
 
 @command
@@ -26,7 +30,10 @@ def translate_command(
     """Translate H&E to IHC (or IHC to H&E) with seamless blended tiles; bf16 on a GPU, float32 on CPU.
 
     Slides (.svs/.ndpi, or .tif/.tiff over 4096 px on a side or with several levels) are translated at
-    level 0, skipping background windows, into a tiled pyramidal BigTIFF <out>/<stem>.tif.
+    level 0, skipping background windows, into a tiled pyramidal BigTIFF <out>/<stem>.tif (JPEG tiles,
+    reduced levels as SubIFDs; opens in QuPath). Slides are streamed: reading, the network and writing
+    overlap in separate threads, memory grows with the slide's width, not its area, and the .tif appears
+    only when complete (an interrupted run leaves no file).
 
     Exit 0; 1 on a user error; 3 when some inputs were rejected (each named on one line).
     """
@@ -66,10 +73,9 @@ def translate_command(
                     slide_rejected.append(f"{path}: same name as {first_of[path.stem]} (both would write "
                                           f"{path.stem}.tif); rename one")
                     continue
-                grow(count_slide_windows(path, tile, overlap, net))
+                target = out / f"{path.stem}.tif"
                 try:
-                    res = translate_slide(net, path, out / f"{path.stem}.tif", tile=tile, overlap=overlap,
-                                          batch=batch, device=device, on_tiles=lambda n: bar.advance(task, n))
+                    grow(count_slide_windows(path, tile, overlap, net))
                 except ValueError as exc:
                     if str(exc).startswith("--tile"):
                         raise
@@ -77,6 +83,23 @@ def translate_command(
                     continue
                 except Exception as exc:  # an unreadable TIFF: tifffile / imagecodecs raise their own types
                     slide_rejected.append(f"{path}: cannot read as a slide ({type(exc).__name__}: {exc})")
+                    continue
+                try:
+                    res = translate_slide(net, path, target, tile=tile, overlap=overlap,
+                                          batch=batch, device=device, on_tiles=lambda n: bar.advance(task, n))
+                except ValueError as exc:
+                    if str(exc).startswith("--tile"):
+                        raise
+                    slide_rejected.append(f"{path}: {exc}")
+                    continue
+                except OSError as exc:
+                    if exc.errno in _WRITE_ERRNOS:  # the output side: no later slide can be written either
+                        raise fail(f"cannot write {target}: {exc.strerror}") from None
+                    slide_rejected.append(f"{path}: failed while reading or translating ({exc})")
+                    continue
+                except Exception as exc:  # a tile that does not decode: tifffile / imagecodecs raise their own types
+                    slide_rejected.append(f"{path}: failed while reading or translating "
+                                          f"({type(exc).__name__}: {exc})")
                     continue
                 slide_out.append(res)
         except ValueError as exc:  # a --tile the network cannot take

@@ -1,33 +1,50 @@
-"""Virtual staining of whole slides (SVS / pyramidal TIFF) into a tiled pyramidal BigTIFF.
+"""Virtual staining of whole slides (SVS / pyramidal TIFF) into a tiled pyramidal BigTIFF, streamed.
 
-Memory approach
----------------
-* Input: level 0 is read in horizontal bands of tiles (:class:`SlideReader`): only the TIFF tiles that a
-  band of windows touches are decoded (``tifffile`` page ``decode``; the ``zarr`` package is not needed).
-  Untiled (stripped) level-0 pages fall back to ``tifffile.imread`` of the whole level, which must fit in memory.
-* Windows are processed one horizontal row at a time. The float32 blend canvas holds one row of windows
-  (``tile`` x width x 3 x 4 B plus its weight sum); the ``overlap`` rows its ramp shares with the next row are
-  carried over, finished rows are written into the output.
-* Output: level 0 is assembled as a uint8 ``(H, W, 3)`` array (3 B/px: ~6 GB for a 40k x 50k slide) and the
-  pyramid is made from it; this, not the canvas, is the memory limit. Streaming level 0 to the writer as tiles
-  is left for later.
+Pipeline: three threads joined by bounded queues (:mod:`.pipeline`).
+
+1. A reader thread (:class:`SlideReader`) decodes level 0 in horizontal bands, one per row of windows,
+   decoding only the TIFF tiles the band touches (``tifffile`` page ``decode``; ``zarr`` is not
+   needed), reflects the band at the slide's sides and runs the tissue test on each window. It works
+   up to two bands ahead of the network.
+2. The calling thread moves each band to the compute device, runs the windows that hold tissue in
+   batches, and blends all outputs into a one-row canvas on the device (:class:`_RowCanvas`). The
+   ``overlap`` rows a window row shares with the next are carried over; the rows that receive no more
+   windows are normalised to uint8 and handed to the writer.
+3. A writer thread (:class:`.pyramid.PyramidWriter`) encodes level 0 tile row by tile row as rows
+   arrive, and builds the reduced levels on the fly into a memory-mapped anonymous temporary file.
+   The output appears under its name only when complete.
+
+Memory bound (level 0 is never held whole): with ``t`` the window side and ``W`` the slide width,
+the host holds bands of ``3 t (W + t)`` B at most (2 queued, 1 being read plus its unreflected copy, 1
+in use), chunks of finished rows of ``3 t W`` B at most (2 queued, 1 being put, 1 being written), and
+two 256-row strips of level 0 (``768 W`` B each) with their encoded tiles: under
+``32 t (W + t) + 2048 W`` B in all, about 0.9 GB for t = 512 and W = 50,000 px, against 7.5 GB for
+level 0 of a 50k x 50k slide. The device holds the canvas (``16 t W`` B), the band and one batch.
+The reduced levels (1/3 of level 0's size) live in a memory-mapped anonymous temporary file, paged by
+the system. Untiled (stripped) level-0 pages are the exception: :class:`SlideReader` then reads the
+whole level, which must fit in memory.
 
 Background windows (tissue fraction below ``tissue_threshold``, measured on every 8th pixel of the window,
 the :func:`atst_prep.images.tissue_fraction` optical-density test) are not run through the network: their
 output is white (255) and they are blended like any other window.
+
+Results are bit for bit those of :func:`.translate.translate_image` on the whole level (when no window
+is skipped and the network's output for a window does not depend on the rest of its batch): the
+canvas applies the same float32 operations in the same order.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
+from .pipeline import Prefetch
+from .pyramid import PyramidWriter, pyramid_sizes, write_pyramid
 from .stitch import axis_starts, blend_weights, reflect_index
 from .translate import _autocast, effective_tile
 
@@ -117,123 +134,127 @@ def is_slide(path: Path | str) -> bool:
         return False
 
 
-def pyramid_sizes(h: int, w: int, max_side: int = 1024) -> list[tuple[int, int]]:
-    """Level sizes: ``(h, w)``, then halvings (rounded up) until the long side is <= ``max_side``."""
-    sizes = [(h, w)]
-    while max(sizes[-1]) > max_side:
-        ph, pw = sizes[-1]
-        sizes.append(((ph + 1) // 2, (pw + 1) // 2))
-    return sizes
+def _bands(reader: SlideReader, t: int, overlap: int, tissue_threshold: float) -> Iterator[tuple]:
+    """For each row of windows: ``(y0, band, tissue)``.
 
-
-def _compression() -> str:
-    try:
-        import imagecodecs
-
-        return "jpeg" if imagecodecs.JPEG8.available or imagecodecs.JPEG.available else "zlib"
-    except Exception:
-        return "zlib"
-
-
-def write_pyramid(path: Path | str, level0: np.ndarray, max_side: int = 1024) -> list[tuple[int, int]]:
-    """Write ``level0`` (H, W, 3) uint8 as a tiled BigTIFF with 2x INTER_AREA downsamples as SubIFDs.
-
-    Written to ``<path>.partial`` first and renamed when complete. Returns the level sizes.
+    ``band`` is ``(t, W + 2 * margin, 3)`` uint8, the window row's rows and columns reflected at the
+    slide's sides; ``tissue[j]`` says whether window ``j`` of the row has tissue enough to be run.
     """
-    import cv2
-    import tifffile
+    from atst_prep.images import tissue_fraction
 
-    path = Path(path)
-    sizes = pyramid_sizes(*level0.shape[:2], max_side)
-    comp = _compression()
-    opts = dict(tile=(256, 256), photometric="rgb", compression=comp)
-    if comp == "jpeg":
-        opts["compressionargs"] = {"level": 90}
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        with tifffile.TiffWriter(tmp, bigtiff=True) as tw:
-            tw.write(level0, subifds=len(sizes) - 1, metadata=None, **opts)
-            level = level0
-            for h, w in sizes[1:]:
-                level = cv2.resize(level, (w, h), interpolation=cv2.INTER_AREA)
-                tw.write(level, subfiletype=1, metadata=None, **opts)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return sizes
+    H, W = reader.height, reader.width
+    ys, xs = axis_starts(H, t, overlap), axis_starts(W, t, overlap)
+    ix = reflect_index(np.arange(xs[0], xs[-1] + t), W)  # band columns, reflected at the sides
+    for y0 in ys:
+        iy = reflect_index(np.arange(y0, y0 + t), H)
+        lo, hi = int(iy.min()), int(iy.max()) + 1
+        band = reader.rows(lo, hi)[(iy - lo)[:, None], ix[None, :]]
+        tissue = [tissue_fraction(band[:, x0 - xs[0]:x0 - xs[0] + t], step=8) >= tissue_threshold for x0 in xs]
+        yield y0, band, tissue
+
+
+class _RowCanvas:
+    """Float32 blend canvas of one row of windows on the compute device: ``(3, t, W)`` sums and ``(t, W)`` weights.
+
+    Operations are those of :class:`.stitch.Canvas` (weight products added in the same order, then one
+    division and round-half-even), so the result is the same bit for bit.
+    """
+
+    def __init__(self, width: int, t: int, overlap: int, device: torch.device) -> None:
+        self.width, self.t, self.overlap = width, t, overlap
+        self.weights = torch.from_numpy(blend_weights(t, overlap)).to(device)
+        self.acc = torch.zeros(3, t, width, device=device)
+        self.wsum = torch.zeros(t, width, device=device)
+
+    def add(self, out: torch.Tensor, x0: int) -> None:
+        """Add one window's output ``(3, t, t)`` float32 in [0, 255] whose left edge is at column ``x0``."""
+        xa, xb = max(x0, 0), min(x0 + self.t, self.width)
+        if xa < xb:
+            wgt = self.weights[:, xa - x0:xb - x0]
+            self.acc[:, :, xa:xb] += out[:, :, xa - x0:xb - x0] * wgt
+            self.wsum[:, xa:xb] += wgt
+
+    def take(self, a: int, b: int) -> np.ndarray:
+        """Canvas rows ``[a, b)`` normalised: ``(b - a, W, 3)`` uint8 on the host."""
+        mean = self.acc[:, a:b] / self.wsum[a:b]
+        rows = mean.round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous()
+        return rows.cpu().numpy()
+
+    def shift(self) -> None:
+        """Move the ``overlap`` rows shared with the next window row to the top; clear the rest."""
+        stride, o = self.t - self.overlap, self.overlap
+        self.acc[:, :o] = self.acc[:, stride:].clone()
+        self.wsum[:o] = self.wsum[stride:].clone()
+        self.acc[:, o:] = 0
+        self.wsum[o:] = 0
+
+
+def _run_windows(net: nn.Module, band: torch.Tensor, starts: list[int], x_first: int, t: int,
+                 device: torch.device, precision: str | None) -> torch.Tensor:
+    """Network outputs ``(n, 3, t, t)`` float32 in [0, 255] for the windows of ``band (t, Wb, 3)`` at ``starts``."""
+    x = torch.stack([band[:, x0 - x_first:x0 - x_first + t] for x0 in starts])
+    x = x.permute(0, 3, 1, 2).float() / 127.5 - 1.0  # uint8 [0,255] -> [-1,1]
+    with _autocast(device, precision):
+        y = net(x)
+    return ((y.float() + 1.0) * 127.5).clamp_(0, 255)
 
 
 @torch.inference_mode()
 def translate_slide(net: nn.Module, slide_path: Path | str, out_path: Path | str, *, tile: int = 512,
                     overlap: int = 64, batch: int = 8, device=None, precision: str | None = None,
-                    tissue_threshold: float = 0.01,
+                    tissue_threshold: float = 0.01, compression: str | None = None,
                     on_tiles: Callable[[int], None] | None = None) -> SlideResult:
     """Translate level 0 of a slide with blended windows, skipping background, into a pyramidal BigTIFF.
+
+    Reading (with the tissue test) runs in one background thread and writing in another, so both
+    overlap with the network; see the module docstring for the memory used.
 
     Parameters
     ----------
     net : generator taking and returning ``(N, 3, T, T)`` in [-1, 1].
-    slide_path : SVS / TIFF (level 0 is used). out_path : the BigTIFF to write.
+    slide_path : SVS / TIFF (level 0 is used). out_path : the BigTIFF to write (nothing is left there
+        if this raises or is interrupted).
     tile, overlap, batch, device, precision : as :func:`.translate.translate_image`.
-    tissue_threshold : windows with a smaller tissue fraction are not run (output white).
-    on_tiles : called with the number of windows (run or skipped) after each row of windows.
+    tissue_threshold : windows with a smaller tissue fraction are not run (output white); 0 runs all.
+    compression : TIFF compression of the output; default JPEG (quality 90) when available, else zlib.
+    on_tiles : called with a number of windows (run or skipped) as they are done; they add up to
+        :func:`count_slide_windows`.
     """
-    from atst_prep.images import tissue_fraction
-
     device = torch.device(device) if device is not None else next(net.parameters(), torch.empty(0)).device
     reader = SlideReader(slide_path)
     try:
         H, W = reader.height, reader.width
         t = effective_tile(H, W, tile, overlap, net)
-        weights = blend_weights(t, overlap)
-        stride = t - overlap
         ys, xs = axis_starts(H, t, overlap), axis_starts(W, t, overlap)
-        ix = reflect_index(np.arange(xs[0], xs[-1] + t), W)  # band columns, reflected at the sides
-        out = np.empty((H, W, 3), np.uint8)
-        acc = np.zeros((t, W, 3), np.float32)  # rows [y0, y0 + t) of the current window row
-        wsum = np.zeros((t, W), np.float32)
+        canvas = _RowCanvas(W, t, overlap, device)
+        white_out = torch.full((3, t, t), 255.0, device=device)  # what a skipped window contributes
         windows = skipped = 0
-        for k, y0 in enumerate(ys):
-            iy = reflect_index(np.arange(y0, y0 + t), H)
-            lo, hi = int(iy.min()), int(iy.max()) + 1
-            band = reader.rows(lo, hi)[(iy - lo)[:, None], ix[None, :]]  # (t, len(ix), 3)
-            run, white = [], []
-            for x0 in xs:
-                win = band[:, x0 - xs[0]:x0 - xs[0] + t]
-                (run if tissue_fraction(win, step=8) >= tissue_threshold else white).append((x0, win))
-            outputs = [(x0, np.full((t, t, 3), 255, np.float32)) for x0, _ in white]
-            for i in range(0, len(run), batch):
-                chunk = run[i:i + batch]
-                x = torch.from_numpy(np.stack([w for _, w in chunk])).to(device)
-                x = x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
-                with _autocast(device, precision):
-                    y = net(x)
-                y = ((y.float() + 1.0) * 127.5).clamp_(0, 255).permute(0, 2, 3, 1).cpu().numpy()
-                outputs += [(x0, o) for (x0, _), o in zip(chunk, y)]
-            for x0, o in outputs:
-                xa, xb = max(x0, 0), min(x0 + t, W)
-                if xa < xb:
-                    wgt = weights[:, xa - x0:xb - x0]
-                    acc[:, xa:xb] += o[:, xa - x0:xb - x0] * wgt[..., None]
-                    wsum[:, xa:xb] += wgt
-            windows += len(xs)
-            skipped += len(white)
-            last = k == len(ys) - 1
-            done = t if last else stride  # rows [y0, y0 + done) receive no more windows
-            ga, gb = max(y0, 0), min(y0 + done, H)
-            if ga < gb:
-                a = acc[ga - y0:gb - y0] / wsum[ga - y0:gb - y0, :, None]
-                out[ga:gb] = np.clip(np.rint(a), 0, 255).astype(np.uint8)
-            # carry the overlap rows into the next window row's canvas
-            acc[:overlap], wsum[:overlap] = acc[stride:].copy(), wsum[stride:].copy()
-            acc[overlap:], wsum[overlap:] = 0, 0
-            if on_tiles:
-                on_tiles(len(xs))
+        with Prefetch(_bands(reader, t, overlap, tissue_threshold), depth=2, name="slide-reader") as bands, \
+                PyramidWriter(out_path, H, W, compression=compression) as writer:
+            for k, (y0, band, tissue) in enumerate(bands):
+                white = [x0 for x0, keep in zip(xs, tissue) if not keep]
+                run = [x0 for x0, keep in zip(xs, tissue) if keep]
+                for x0 in white:
+                    canvas.add(white_out, x0)
+                if white and on_tiles:
+                    on_tiles(len(white))
+                band_t = torch.from_numpy(band).to(device)
+                for i in range(0, len(run), batch):
+                    chunk = run[i:i + batch]
+                    for x0, out in zip(chunk, _run_windows(net, band_t, chunk, xs[0], t, device, precision)):
+                        canvas.add(out, x0)
+                    if on_tiles:
+                        on_tiles(len(chunk))
+                windows += len(xs)
+                skipped += len(white)
+                done = t if k == len(ys) - 1 else t - overlap  # rows [y0, y0 + done) receive no more windows
+                ga, gb = max(y0, 0), min(y0 + done, H)
+                if ga < gb:
+                    writer.put(canvas.take(ga - y0, gb - y0))
+                canvas.shift()
     finally:
         reader.close()
-    sizes = write_pyramid(out_path, out)
-    return SlideResult(Path(out_path), H, W, sizes, windows, skipped)
+    return SlideResult(Path(out_path), H, W, writer.sizes, windows, skipped)
 
 
 def count_slide_windows(path: Path | str, tile: int, overlap: int, net: nn.Module) -> int:
