@@ -16,7 +16,8 @@ def eval_command(
     fake: Path = typer.Option(..., "--fake", help="Folder of generated images."),
     real: Path = typer.Option(..., "--real", help="Folder of real images; paired with --fake by file name stem."),
     he: Optional[Path] = typer.Option(None, "--he", help="Folder of the source H&E images (report only)."),
-    out: Path = typer.Option(Path("eval"), "--out", help="Output folder: per_image.csv, summary.json, report.png."),
+    out: Path = typer.Option(Path("eval"), "--out", help="Output folder: per_image.csv, summary.json, report.html, "
+                             "report.png, histograms.png."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     inception_weights: Optional[Path] = typer.Option(
         None, "--inception-weights", help="TorchScript Inception feature extractor for FID/KID (default: the one "
@@ -28,8 +29,11 @@ def eval_command(
     phv_normalisation: str = typer.Option(
         "asp", "--phv-normalisation", help="asp ([0,1] images into a [-1,1] ImageNet normalisation, as the "
         "published tables) or imagenet (plain ImageNet mean/std)."),
+    compare: Optional[str] = typer.Option(
+        None, "--compare", metavar="TABLE", help="Put the paper's published numbers (ATST-Net, IJCAI 2025, "
+        "Table 1) beside ours: her2, er, bci (MIST HER2, MIST ER, BCI), her2-on-bci, bci-level0, bci-level3."),
 ) -> None:
-    """Compare generated images with the real ones: per-image CSV, summary JSON and a report PNG.
+    """Compare generated images with the real ones: per-image CSV, summary JSON and an HTML report.
 
     Exit 0; 1 on a user error; 3 when some inputs were rejected (unmatched names, bad files, size mismatches).
     """
@@ -45,7 +49,7 @@ def eval_command(
     with bar:
         result = evaluate(fake, real, he, out, device, inception_weights=inception_weights,
                           resnet_weights=resnet_weights, kid_subsets=kid_subsets,
-                          phv_normalisation=phv_normalisation, on_start=on_start,
+                          phv_normalisation=phv_normalisation, compare=compare, on_start=on_start,
                           on_pair=lambda: bar.advance(task))
     for line in result.rejected:
         console.print(f"[yellow]rejected:[/] {line}", soft_wrap=True)
@@ -57,6 +61,13 @@ def eval_command(
     phv = "n/a" if s["phv"] is None else f(s["phv"]["mean"])
     typer.echo(f"pairs {s['pairs']}  PSNR {f(s['psnr_mean'])}  SSIM {f(s['ssim_mean'])}  CSS {f(s['css_mean'])}  "
                f"FID {f(s['fid'])}  KID x1000 {f(s['kid_x1000_mean'])} +- {f(s['kid_x1000_std'])}  PHV {phv}")
-    typer.echo(f"outputs: {out}/per_image.csv, {out}/summary.json, {out}/report.png")
+    if "published" in s:
+        p = s["published"]
+        typer.echo(f"{p['label']} ({p['title']}): PSNR {p['values']['psnr']}  SSIM {p['values']['ssim']}  "
+                   f"CSS {p['values']['css']}  FID {p['values']['fid']}  KID x1000 {p['values']['kid_x1000']}  "
+                   f"PHV {p['values']['phv_mean']}")
+        typer.echo(f"note: {p['note']}")
+    typer.echo(f"report: {out}/report.html  (also {out}/report.png, {out}/histograms.png, {out}/per_image.csv, "
+               f"{out}/summary.json)")
     if result.rejected:
         raise typer.Exit(EXIT_REJECTED)

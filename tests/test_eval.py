@@ -77,6 +77,9 @@ def test_identical_folders(folders, tmp_path, no_hub):
     assert summary["conventions"]["inception_features"]["extractor"] == feat.INCEPTION_LABEL
     report = cv2.imread(str(out / "report.png"))
     assert report is not None and report.shape[1] >= 3 * 160
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "<td>inf</td>" in html and "<td>1.0000</td>" in html and html.count("data:image/png;base64,") == 10
+    assert cv2.imread(str(out / "histograms.png")) is not None
 
 
 def test_unmatched_and_bad_files_exit_3(folders, tmp_path, images, no_hub):

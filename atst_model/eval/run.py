@@ -2,7 +2,9 @@
 
 Outputs in ``out_dir``: ``per_image.csv`` (name, psnr, ssim, css), ``summary.json``
 (means, FID, KID, PHV, the feature extractors and conventions used, rejected
-inputs) and ``report.png`` (metrics table and best/median/worst pairs by SSIM).
+inputs, and with ``compare`` the paper's published numbers), ``report.png`` (metrics
+table and best/median/worst pairs by SSIM), ``histograms.png`` and a self-contained
+``report.html`` (see :mod:`.report`).
 """
 
 from __future__ import annotations
@@ -15,14 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import cv2
 import numpy as np
 
 from atst_model.metrics import css, frechet_distance, kid_x1000, phv_per_layer, psnr, ssim
 from atst_prep.images import InputError
 
 from . import features as feat
+from . import published as pub
 from .pairs import Pair, load_pair, match_pairs
+from .report import write_reports
 
 __all__ = ["EvalResult", "evaluate", "fid"]
 
@@ -63,20 +66,23 @@ def _finite(x: float) -> float | str:
 
 def evaluate(fake_dir, real_dir, he_dir=None, out_dir="eval", device: str = "cpu", *,
              inception_weights=None, resnet_weights=None, kid_subsets: int = 100, kid_seed: int = 0,
-             phv_threshold: float = 0.01, phv_normalisation: str = "asp", batch: int = 16,
+             phv_threshold: float = 0.01, phv_normalisation: str = "asp", batch: int = 16, compare: str | None = None,
              on_start: Callable[[int], None] | None = None, on_pair: Callable[[], None] | None = None) -> EvalResult:
     """Evaluate the fakes in ``fake_dir`` against the same-named reals in ``real_dir``.
 
     Unmatched names, unreadable files and size mismatches are reported in
     ``EvalResult.rejected`` (one line each) and skipped. PHV is ``None`` (with a
-    warning) when no ResNet-50 weights are found. ``on_start(n)`` gets the number
-    of matched pairs, ``on_pair()`` is called after each.
-    Raises :class:`InputError` for missing folders / weights or when no pair is usable.
+    warning) when no ResNet-50 weights are found. ``compare`` (her2, er, bci, ... see
+    :func:`.published.names`) adds the paper's Table 1 numbers to the summary and the report.
+    ``on_start(n)`` gets the number of matched pairs, ``on_pair()`` is called after each.
+    Raises :class:`InputError` for missing folders / weights, an unknown ``compare`` name, or
+    when no pair is usable.
     """
     if kid_subsets < 1:
         raise InputError("--kid-subsets", f"must be >= 1, got {kid_subsets}")
     if phv_normalisation not in feat.PHV_NORMALISATIONS:
         raise InputError("--phv-normalisation", f"must be one of {', '.join(feat.PHV_NORMALISATIONS)}")
+    published = None if compare is None else pub.compare(compare)  # an unknown name fails before any work
     pairing = match_pairs(Path(fake_dir), Path(real_dir), None if he_dir is None else Path(he_dir))
     rejected = list(pairing.unmatched)
     inception = feat.load_inception(inception_weights, device)  # fail fast, before any work
@@ -122,7 +128,9 @@ def evaluate(fake_dir, real_dir, he_dir=None, out_dir="eval", device: str = "cpu
     if not rows:
         raise InputError(fake_dir, "no usable fake/real pair (see the lines above)")
 
-    summary: dict = {"pairs": len(rows), "rejected": len(rejected)}
+    summary: dict = {"pairs": len(rows), "rejected": len(rejected),
+                     "inputs": {"fake": str(fake_dir), "real": str(real_dir),
+                                "he": None if he_dir is None else str(he_dir)}}
     for key in ("psnr", "ssim", "css"):
         values = np.array([r[key] for r in rows], dtype=np.float64)
         summary[f"{key}_mean"] = _finite(float(values.mean()))
@@ -155,6 +163,8 @@ def evaluate(fake_dir, real_dir, he_dir=None, out_dir="eval", device: str = "cpu
                                       "script; imagenet: ImageNet mean/std on [0,1]"},
     }
     summary["rejected_inputs"] = rejected
+    if published is not None:
+        summary["published"] = published
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -163,60 +173,5 @@ def evaluate(fake_dir, real_dir, he_dir=None, out_dir="eval", device: str = "cpu
         writer.writeheader()
         writer.writerows(rows)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    _report(out / "report.png", summary, rows, used)
+    write_reports(out, summary, rows, used)
     return EvalResult(summary, rows, rejected, out)
-
-
-# ----------------------------------------------------------------------------------------------- report
-
-_THUMB = 160
-_FONT = cv2.FONT_HERSHEY_SIMPLEX
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, str):
-        return value
-    return f"{value:.4f}"
-
-
-def _text(canvas, text, x, y, scale=0.5, colour=(0, 0, 0)):
-    cv2.putText(canvas, text, (x, y), _FONT, scale, colour, 1, cv2.LINE_AA)
-
-
-def _report(path: Path, summary: dict, rows: list[dict], used: list[Pair]) -> None:
-    """Metrics table and best/median/worst (by SSIM) triplets: H&E (if any) | fake | real."""
-    lines = [f"pairs {summary['pairs']}   rejected {summary['rejected']}",
-             f"PSNR {_fmt(summary['psnr_mean'])}   SSIM {_fmt(summary['ssim_mean'])}   CSS {_fmt(summary['css_mean'])}",
-             f"FID {_fmt(summary['fid'])}   KID x1000 {_fmt(summary['kid_x1000_mean'])} +- "
-             f"{_fmt(summary['kid_x1000_std'])}"]
-    phv = summary["phv"]
-    lines.append("PHV " + ("n/a (no ResNet-50 weights)" if phv is None else
-                           "  ".join(f"{k} {v:.4f}" for k, v in phv.items())))
-    lines.append("FID/KID features: " + summary["conventions"]["inception_features"]["extractor"])
-    order = np.argsort([r["ssim"] for r in rows], kind="stable")
-    picks = [("best", order[-1]), ("median", order[len(order) // 2]), ("worst", order[0])]
-    has_he = used[0].he is not None
-    cols = 3 if has_he else 2
-    longest = max(cv2.getTextSize(line, _FONT, 0.55, 1)[0][0] for line in lines)  # the table never gets cut
-    width = max(cols * _THUMB + 150, longest + 24)
-    table_h = 22 * len(lines) + 16
-    canvas = np.full((table_h + 24 + len(picks) * (_THUMB + 8), width, 3), 255, np.uint8)
-    for i, line in enumerate(lines):
-        _text(canvas, line, 8, 22 + 22 * i)
-    titles = (["H&E"] if has_he else []) + ["fake", "real"]
-    for j, title in enumerate(titles):
-        _text(canvas, title, 150 + j * _THUMB + 4, table_h + 16)
-    for k, (label, idx) in enumerate(picks):
-        pair, row = used[idx], rows[idx]
-        fake, real, he = load_pair(pair)
-        y = table_h + 24 + k * (_THUMB + 8)
-        _text(canvas, label, 8, y + 20)
-        _text(canvas, f"SSIM {row['ssim']:.3f}", 8, y + 42, 0.45)
-        _text(canvas, pair.name[:16], 8, y + 64, 0.4)
-        for j, img in enumerate(([he] if has_he else []) + [fake, real]):
-            thumb = cv2.resize(img, (_THUMB, _THUMB), interpolation=cv2.INTER_AREA)
-            canvas[y:y + _THUMB, 150 + j * _THUMB:150 + (j + 1) * _THUMB] = thumb
-    if not cv2.imwrite(str(path), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {path}")
