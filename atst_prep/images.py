@@ -103,6 +103,12 @@ def tissue_fraction(rgb: np.ndarray, step: int = 4) -> float:
     return float(np.count_nonzero(product < _TISSUE_PRODUCT) / product.size)
 
 
+def tissue_mask(rgb: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the pixels :func:`tissue_fraction` counts as tissue (summed optical density > 0.15)."""
+    a = rgb.astype(np.int32)
+    return a[..., 0] * a[..., 1] * a[..., 2] < _TISSUE_PRODUCT
+
+
 def blank_reason(rgb: np.ndarray, min_tissue: float) -> tuple[str | None, float]:
     """``(reason, tissue_fraction)``: why a tile counts as blank, or None if it is not.
 

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from atst_model.eval import ablation as A  # noqa: E402
 
 #: Columns of the table: (summary key, header, digits).
-COLUMNS = (("dice", "Dice", 3), ("iou", "IoU", 3), ("dab_abs_error", "abs DAB error", 4),
+COLUMNS = (("dice", "Dice", 3), ("iou", "IoU", 3), ("region_auc", "region AUC", 3), ("dab_abs_error", "abs DAB error", 4),
            ("count_rel_error", "count rel. error", 2), ("psnr", "PSNR", 2), ("ssim", "SSIM", 3))
 
 
@@ -45,8 +45,8 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
-def table(results: dict[str, list[dict]], oracle: dict) -> str:
-    """Markdown table: one row per variant, mean +- std over seeds; the oracle row last."""
+def table(results: dict[str, list[dict]], oracle: dict, trivial: dict) -> str:
+    """Markdown table: one row per variant, mean +- std over seeds; the trivial and the oracle rows last."""
     lines = ["| variant | " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for name, runs in results.items():
         cells = []
@@ -54,48 +54,73 @@ def table(results: dict[str, list[dict]], oracle: dict) -> str:
             m, s = mean_std([r[key] for r in runs])
             cells.append(f"{m:.{digits}f} ± {s:.{digits}f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("| all tissue positive (trivial) | " + " | ".join(
+        f"{trivial[key]:.{digits}f}" if key in trivial else "—" for key, _, digits in COLUMNS) + " |")
     lines.append("| real IHC (ceiling) | " + " | ".join(
         "—" if key in ("psnr", "ssim", "dab_abs_error") else f"{oracle[key]:.{digits}f}"
         for key, _, digits in COLUMNS) + " |")
     return "\n".join(lines)
 
 
-def bar_chart(path: Path, results: dict[str, list[dict]], keys=("dice", "iou", "count_rel_error")) -> None:
-    """One panel per metric: a bar per variant (mean over seeds), a line for the spread, dots for seeds."""
+def bar_chart(path: Path, results: dict[str, list[dict]], refs: dict[str, list[tuple[float, str]]],
+              keys=("dice", "region_auc", "count_rel_error")) -> None:
+    """One panel per metric: a bar per variant (mean over seeds), a line for +-1 std, a dot per seed,
+    and dashed reference lines ``refs[key]`` = [(value, label), ...]."""
     names, w, h, margin = list(results), 360, 300, 40
-    canvas = np.full((h + 60, w * len(keys), 3), 255, np.uint8)
+    canvas = np.full((h + 40, w * len(keys), 3), 255, np.uint8)
     colours = [(180, 180, 180), (232, 180, 120), (200, 130, 60), (120, 90, 180), (40, 60, 200)]
+    font = cv2.FONT_HERSHEY_SIMPLEX
     for p, key in enumerate(keys):
         x0 = p * w
         values = {n: [r[key] for r in results[n]] for n in names}
-        top = max(max(v) for v in values.values()) * 1.15 or 1.0
-        scale = (h - 2 * margin) / top
-        cv2.putText(canvas, key, (x0 + margin, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
-        base = h - margin
+        top = max([max(v) for v in values.values()] + [v for v, _ in refs.get(key, [])]) * 1.1 or 1.0
+        base, scale = h - margin, (h - 2 * margin) / top
+
+        def y(v: float) -> int:
+            return int(base - min(max(v, 0.0), top) * scale)
+
+        cv2.putText(canvas, f"{key}  (axis 0 - {top:.2f})", (x0 + margin, 24), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
         cv2.line(canvas, (x0 + margin - 5, base), (x0 + w - 10, base), (0, 0, 0), 1)
-        cv2.putText(canvas, f"{top:.2f}", (x0 + 2, margin + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
         bw = (w - margin - 20) // len(names)
         for i, n in enumerate(names):
             m, s = mean_std(values[n])
             left = x0 + margin + i * bw + 4
-            cv2.rectangle(canvas, (left, int(base - m * scale)), (left + bw - 8, base), colours[i % 5], -1)
+            cv2.rectangle(canvas, (left, y(m)), (left + bw - 8, base), colours[i % 5], -1)
             cx = left + (bw - 8) // 2
-            cv2.line(canvas, (cx, int(base - (m - s) * scale)), (cx, int(base - (m + s) * scale)), (0, 0, 0), 1)
+            cv2.line(canvas, (cx, y(m - s)), (cx, y(m + s)), (0, 0, 0), 1)
             for v in values[n]:
-                cv2.circle(canvas, (cx, int(base - v * scale)), 2, (0, 0, 0), -1)
-            label = n.replace(" (full)", "")
-            cv2.putText(canvas, label, (left, base + 16 + 14 * (i % 2)), cv2.FONT_HERSHEY_SIMPLEX, 0.38,
-                        (0, 0, 0), 1, cv2.LINE_AA)
+                cv2.circle(canvas, (cx, y(v)), 2, (0, 0, 0), -1)
+            cv2.putText(canvas, n.replace(" (full)", ""), (left, base + 16 + 14 * (i % 2)), font, 0.38, (0, 0, 0), 1,
+                        cv2.LINE_AA)
+        for value, label in refs.get(key, []):
+            for x in range(x0 + margin - 5, x0 + w - 10, 8):
+                cv2.line(canvas, (x, y(value)), (x + 4, y(value)), (90, 90, 90), 1)
+            cv2.putText(canvas, label, (x0 + w - 120, y(value) - 4), font, 0.35, (90, 90, 90), 1, cv2.LINE_AA)
     cv2.imwrite(str(path), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
 
 
 def verdict(results: dict[str, list[dict]]) -> str:
-    full, plain = (mean_std([r["dice"] for r in results[k]]) for k in ("+L5 (full)", "cyclegan"))
-    margin, spread = full[0] - plain[0], max(full[1], plain[1])
-    holds = margin > spread and margin > 0
-    return (f"full model Dice {full[0]:.3f} ± {full[1]:.3f} vs plain CycleGAN {plain[0]:.3f} ± {plain[1]:.3f}: "
-            f"margin {margin:+.3f}, seed spread (largest std) {spread:.3f} -> "
-            f"{'the claim holds' if holds else 'NOT shown on this budget'}")
+    """Does the full model beat plain CycleGAN by more than the seed-to-seed spread? (Dice, then region AUC.)"""
+    lines = []
+    for key, name in (("dice", "Dice"), ("region_auc", "region AUC")):
+        full, plain = (mean_std([r[key] for r in results[k]]) for k in ("+L5 (full)", "cyclegan"))
+        margin, spread = full[0] - plain[0], max(full[1], plain[1])
+        holds = margin > spread and margin > 0
+        lines.append(f"full model {name} {full[0]:.3f} ± {full[1]:.3f} vs plain CycleGAN {plain[0]:.3f} ± "
+                     f"{plain[1]:.3f}: margin {margin:+.3f}, seed spread (largest std) {spread:.3f} -> "
+                     f"{'better by more than the spread' if holds else 'NOT shown on this budget'}")
+    return "\n".join(lines)
+
+
+def render(out: Path, report: dict) -> str:
+    """table.md and ablation.png from a report (as written to ablation.json); returns the table and verdict."""
+    results, oracle, trivial = report["runs"], report["oracle"], report["all_tissue"]
+    text = table(results, oracle, trivial) + "\n\n" + verdict(results)
+    (out / "table.md").write_text(text + "\n")
+    refs = {"dice": [(trivial["dice"], "all tissue"), (oracle["dice"], "real IHC")],
+            "region_auc": [(0.5, "chance"), (oracle["region_auc"], "real IHC")]}
+    bar_chart(out / "ablation.png", results, refs)
+    return text
 
 
 def _plain(x):
@@ -118,26 +143,29 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/ablation-<cpu|full>)")
     parser.add_argument("--work", type=Path, help="where data, shards and runs go (default: a temporary folder)")
+    parser.add_argument("--render", type=Path, metavar="ABLATION_JSON",
+                        help="only redraw table.md and ablation.png from a saved ablation.json, beside it")
     args = parser.parse_args()
+    if args.render:
+        print(render(args.render.parent, json.loads(args.render.read_text())))
+        return
     budget = A.GPU_BUDGET if args.full else A.CPU_BUDGET
     if args.steps:
         budget = replace(budget, steps=args.steps)
     variants = [v.strip() for v in args.variants.split(",")]
     unknown = [v for v in variants if v not in A.VARIANTS]
-    if unknown:
-        parser.error(f"unknown variant(s) {unknown}; valid: {', '.join(A.VARIANTS)}")
+    if unknown or "cyclegan" not in variants or "+L5 (full)" not in variants:
+        parser.error(f"--variants must name cyclegan and '+L5 (full)' and only rows of: {', '.join(A.VARIANTS)}")
     out = args.out or Path(__file__).resolve().parent / f"ablation-{'full' if args.full else 'cpu'}"
     out.mkdir(parents=True, exist_ok=True)
-    if args.device == "cpu":
-        torch.set_num_threads(max(1, torch.get_num_threads()))
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         work = Path(tmp)
         root = A.write_task(work / "data", budget)
         shards = A.build_shards(root, work / "shards", budget)
-        oracle = A.oracle_scores(root, budget)
-        print(f"task ready in {time.perf_counter() - start:.0f} s; real IHC vs truth: Dice {oracle['dice']:.3f}",
-              flush=True)
+        oracle, trivial = A.oracle_scores(root, budget), A.all_tissue_scores(root)
+        print(f"task ready in {time.perf_counter() - start:.0f} s; real IHC vs truth: Dice {oracle['dice']:.3f}; "
+              f"'all tissue positive': Dice {trivial['dice']:.3f}", flush=True)
         results: dict[str, list[dict]] = {v: [] for v in variants}
         tiles: dict[str, list] = {}
         grids = []
@@ -146,24 +174,23 @@ def main() -> None:
                 trainer, seconds = A.timed(A.train_variant, shards, work / "runs" / f"{v}-{seed}", budget,
                                            A.VARIANTS[v], seed, device=args.device)
                 (summary, rows, images), _ = A.timed(A.score_generator, trainer.g1, root, budget, args.device,
-                                                      keep_images=2 if seed == 0 else 0)
+                                                      keep_images=1 if seed == 0 else 0)
                 summary.update(seed=seed, train_seconds=seconds)
                 results[v].append(summary)
                 tiles[f"{v}/{seed}"] = rows
                 grids += images
                 print(f"{v:<11} seed {seed}: Dice {summary['dice']:.3f}  IoU {summary['iou']:.3f}  "
-                      f"|DAB err| {summary['dab_abs_error']:.4f}  count err {summary['count_rel_error']:.2f}  "
-                      f"({seconds:.0f} s)", flush=True)
-    text = table(results, oracle)
-    report = {"budget": {**asdict(budget), "task": asdict(budget.task)}, "device": args.device,
-              "seeds": args.seeds, "oracle": oracle, "runs": results, "tiles": tiles, "verdict": verdict(results),
-              "minutes": (time.perf_counter() - start) / 60}
-    (out / "ablation.json").write_text(json.dumps(_plain(report), indent=1) + "\n")
-    (out / "table.md").write_text(text + "\n\n" + report["verdict"] + "\n")
-    bar_chart(out / "ablation.png", results)
-    if grids:  # H&E | fake IHC | real IHC of the first test tiles, one row per variant, seed 0
-        cv2.imwrite(str(out / "samples.png"), cv2.cvtColor(np.concatenate(grids, axis=0), cv2.COLOR_RGB2BGR))
-    print("\n" + text + "\n\n" + report["verdict"])
+                      f"AUC {summary['region_auc']:.3f}  |DAB err| {summary['dab_abs_error']:.4f}  "
+                      f"count err {summary['count_rel_error']:.2f}  ({seconds:.0f} s)", flush=True)
+    report = _plain({"budget": {**asdict(budget), "task": asdict(budget.task)}, "device": args.device,
+                     "seeds": args.seeds, "oracle": oracle, "all_tissue": trivial, "runs": results, "tiles": tiles,
+                     "minutes": (time.perf_counter() - start) / 60})
+    (out / "ablation.json").write_text(json.dumps(report, indent=1) + "\n")
+    text = render(out, report)
+    if grids:  # H&E | fake IHC | real IHC of the first test tile, one row per variant, seed 0, half size
+        sheet = cv2.resize(np.concatenate(grids, axis=0), None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(out / "samples.png"), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    print("\n" + text)
     print(f"\n{report['minutes']:.1f} min; results in {out}/ (table.md, ablation.png, samples.png, ablation.json)")
 
 

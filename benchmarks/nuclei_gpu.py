@@ -31,7 +31,6 @@ from atst_model.cppnet.predict import predict_maps  # noqa: E402
 from atst_prep.stain import dab_and_hematoxylin  # noqa: E402
 from atst_prep.synth import SynthConfig, render_pair  # noqa: E402
 
-
 DRY = "--dry-run" in sys.argv  # on the CPU with tiny sizes: checks the script before spending GPU time
 SIDE, CROP = (128, 64) if DRY else (1024, 512)
 

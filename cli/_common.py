@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import functools
-import warnings
 import os
 import time
+import warnings
 from typing import Callable
 
 import typer

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ._common import EXIT_REJECTED, command, console, progress_bar
+from ._common import EXIT_REJECTED, command, console, fail, progress_bar
 
 
 @command
@@ -32,6 +32,13 @@ def eval_command(
     compare: Optional[str] = typer.Option(
         None, "--compare", metavar="TABLE", help="Put the paper's published numbers (ATST-Net, IJCAI 2025, "
         "Table 1) beside ours: her2, er, bci (MIST HER2, MIST ER, BCI), her2-on-bci, bci-level0, bci-level3."),
+    truth: Optional[Path] = typer.Option(
+        None, "--truth", help="Synthetic truth file (truth_<split>.npz of 'atst data synth'): also score each fake "
+        "against the exact truth in the H&E frame (Dice/IoU of its Eq. 1 mask, DAB error in the positive region, "
+        "positive-nucleus count error) into truth_scores.csv."),
+    closing_radius: int = typer.Option(
+        30, "--closing-radius", min=0, help="With --truth: Eq. 1's closing radius for the fake's mask (use the one "
+        "the shards were built with)."),
 ) -> None:
     """Compare generated images with the real ones: per-image CSV, summary JSON and an HTML report.
 
@@ -39,6 +46,8 @@ def eval_command(
     """
     from atst_model.eval.run import evaluate
 
+    if truth is not None and not truth.is_file():  # before the long part
+        raise fail(f"{truth}: truth file not found (truth_<split>.npz of 'atst data synth')")
     bar = progress_bar("pairs")
     task = None
 
@@ -69,5 +78,19 @@ def eval_command(
         typer.echo(f"note: {p['note']}")
     typer.echo(f"report: {out}/report.html  (also {out}/report.png, {out}/histograms.png, {out}/per_image.csv, "
                f"{out}/summary.json)")
-    if result.rejected:
+    rejected = list(result.rejected)
+    if truth is not None:
+        from atst_model.eval.truth import score_folder
+        from atst_prep.mask import MaskConfig
+        from atst_prep.nuclei import make_counter
+
+        _, t, more = score_folder(fake, real, truth, MaskConfig(closing_radius=closing_radius),
+                                  make_counter("classical"), out_csv=out / "truth_scores.csv")
+        for line in more:
+            console.print(f"[yellow]rejected:[/] {line}", soft_wrap=True)
+        rejected += more
+        typer.echo(f"truth ({t['tiles']} tiles, {t['positive_tiles']} positive): Dice {t['dice']:.4f}  "
+                   f"IoU {t['iou']:.4f}  |DAB error| {t['dab_abs_error']:.4f}  "
+                   f"count rel. error {t['count_rel_error']:.4f}  -> {out}/truth_scores.csv")
+    if rejected:
         raise typer.Exit(EXIT_REJECTED)

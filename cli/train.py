@@ -49,10 +49,9 @@ def train(
     Multi-GPU / multi-node: run under torchrun (e.g. 'torchrun --nproc-per-node 8 -m cli.main train ...').
     Resumes from the run folder's latest checkpoint unless --resume none.
     """
+    from atst_model.train.config import preset as named_preset
     from atst_model.train.config import resolve_preset
     from atst_model.train.trainer import Trainer
-
-    from atst_model.train.config import preset as named_preset
 
     if shards is None:  # the preset's own shards: adapt to what is on disk, and say so
         base, note = make_config(resolve_preset, preset)

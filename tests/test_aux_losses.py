@@ -59,6 +59,23 @@ def test_total_is_the_weighted_sum_with_the_paper_weights(aux, real_targets):
     torch.testing.assert_close(out["total"], want)
 
 
+def test_a_term_of_weight_zero_is_logged_but_passes_no_gradient(aux, real_targets):
+    from dataclasses import replace
+
+    fake = (torch.rand(1, 3, 64, 64) * 1.6 - 0.8).requires_grad_(True)
+    full = aux(fake, *real_targets)
+    only_l1 = AuxLosses(replace(CONFIG, weights=(60.0, 0.0, 0.0, 0.0, 0.0)), counter=aux.counter)
+    out = only_l1(fake, *real_targets)
+    for k in TERMS:  # same values, logged whatever the weight
+        torch.testing.assert_close(out[k], full[k])
+    assert out["l1"].requires_grad and not any(out[k].requires_grad for k in ("l2", "l3", "l4", "l5"))
+    (grad,) = torch.autograd.grad(out["total"], fake)
+    (want,) = torch.autograd.grad(60.0 * full["l1"], fake)
+    torch.testing.assert_close(grad, want)
+    none = AuxLosses(replace(CONFIG, weights=(0.0,) * 5), counter=aux.counter)(fake, *real_targets)
+    assert float(none["total"]) == 0.0 and not none["total"].requires_grad
+
+
 def test_mask_loss_is_zero_for_equal_masks_and_one_for_opposite_ones():
     m = (torch.rand(2, 1, 16, 16) > 0.5).float()
     assert mask_losses(m, m).item() == 0.0

@@ -131,7 +131,8 @@ def test_phv_through_random_resnet(folders, tmp_path, images):
     torch.save(resnet50(weights=None).state_dict(), weights)
     result = evaluate(fake, real, None, tmp_path / "out", "cpu", resnet_weights=weights, kid_subsets=3)
     model = feat.load_resnet(weights)
-    read = lambda d: [cv2.cvtColor(cv2.imread(str(d / f"{n}.png")), cv2.COLOR_BGR2RGB) for n in names]
+    def read(d):
+        return [cv2.cvtColor(cv2.imread(str(d / f"{n}.png")), cv2.COLOR_BGR2RGB) for n in names]
     ff = feat.resnet_features(read(fake), model=model)
     fr = feat.resnet_features(read(real), model=model)
     assert ff["layer4"].shape == (3, 2048) and ff["layer1"].shape == (3, 256)

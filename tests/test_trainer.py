@@ -45,9 +45,9 @@ def test_one_training_step_runs_and_every_loss_is_finite(shards, tmp_path):
 
 
 def test_training_reads_the_train_split_only(shards, tmp_path):
-    from atst_model.train.trainer import shard_paths
-
     import h5py
+
+    from atst_model.train.trainer import shard_paths
 
     trainer = Trainer(_config(shards, tmp_path, max_steps=1), device="cpu", resume=None, dist_info=Dist())
     every, train = shard_paths(shards, splits=None), shard_paths(shards)

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from atst_model.eval.truth import TileTruth, dice_iou, mean_in, relative_count_error, score_tile, summarise
+from atst_model.eval.truth import (TileTruth, dice_iou, mean_in, region_auc, relative_count_error, score_tile,
+                                   summarise)
 from atst_prep.mask import MaskConfig
 from atst_prep.nuclei import make_counter
 from atst_prep.stain import dab_and_hematoxylin
@@ -34,6 +35,30 @@ def test_mean_in_region_and_count_error_by_hand():
     assert math.isnan(mean_in(values, np.zeros((2, 3), bool)))
     assert relative_count_error(12, 10) == pytest.approx(0.2)
     assert relative_count_error(3, 0) == 3.0 and relative_count_error(0, 0) == 0.0
+
+
+def test_region_auc_by_hand_and_against_a_pairwise_count():
+    values = np.array([[0.9, 0.5, 0.1], [0.5, 0.3, 0.7]])
+    region = np.array([[True, True, False], [False, False, True]])
+    tissue = np.array([[True, True, True], [True, False, True]])
+    # positives 0.9, 0.5, 0.7; negatives (tissue) 0.1, 0.5: pairs won 2 + 1.5 (tie) + 2 = 5.5 of 6
+    assert region_auc(values, region, tissue) == pytest.approx(5.5 / 6)
+    rng = np.random.default_rng(0)
+    v, r, t = rng.random((20, 20)).round(1), rng.random((20, 20)) < 0.3, rng.random((20, 20)) < 0.8
+    pos, neg = v[r & t], v[~r & t]
+    want = np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg])  # float64 definition
+    assert region_auc(v, r, t) == pytest.approx(want, rel=1e-12)
+    assert math.isnan(region_auc(values, np.zeros_like(region), tissue))
+
+
+def test_tissue_mask_is_what_tissue_fraction_counts(synth_data):
+    import cv2
+
+    from atst_prep.images import tissue_fraction, tissue_mask
+
+    he = cv2.cvtColor(cv2.imread(str(next(synth_data.rglob("*.jpg")))), cv2.COLOR_BGR2RGB)
+    assert tissue_mask(he).mean() == pytest.approx(tissue_fraction(he, step=1))
+    assert not tissue_mask(np.full((4, 4, 3), 255, np.uint8)).any()
 
 
 def test_summary_averages_dab_error_over_positive_tiles_only():
@@ -98,3 +123,52 @@ def test_one_ablation_run_end_to_end(tmp_path):
     assert summary["tiles"] == len(rows) == 1 and 0.0 <= summary["dice"] <= 1.0
     assert images[0].shape == (256, 3 * 256, 3)
     assert 0.0 <= A.oracle_scores(root, budget)["dice"] <= 1.0
+
+
+def test_score_folder_pairs_by_name_and_reports_bad_files(synth_data, tmp_path):
+    import shutil
+
+    from atst_model.eval.truth import score_folder
+    from atst_prep.images import InputError
+
+    root = next(synth_data.rglob("truth_val.npz")).parent
+    real = root / "TrainValAB" / "valB"
+    fake = tmp_path / "fake"
+    shutil.copytree(real, fake)
+    (fake / "stray.png").write_bytes(b"not an image")
+    config, counter = MaskConfig(closing_radius=5), make_counter("classical")
+    rows, summary, rejected = score_folder(fake, real, root / "truth_val.npz", config, counter,
+                                           out_csv=tmp_path / "scores.csv")
+    names = sorted(p.stem for p in real.iterdir())
+    assert [r["name"] for r in rows] == names and summary["tiles"] == len(names)
+    assert len(rejected) == 1 and "stray" in rejected[0]
+    assert (tmp_path / "scores.csv").read_text().count("\n") == len(names) + 1
+    with pytest.raises(InputError, match="not a synthetic truth file"):
+        score_folder(fake, real, tmp_path / "scores.csv", config, counter)
+
+
+def test_atst_eval_with_truth_writes_truth_scores(synth_data, tmp_path, monkeypatch):
+    import csv
+    import warnings
+
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # no ResNet-50: PHV is skipped
+    root = next(synth_data.rglob("truth_val.npz")).parent
+    ihc = root / "TrainValAB" / "valB"
+    out = tmp_path / "eval"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = CliRunner().invoke(app, ["eval", "--fake", str(ihc), "--real", str(ihc), "--out", str(out),
+                                          "--kid-subsets", "2", "--truth", str(root / "truth_val.npz"),
+                                          "--closing-radius", "5"])
+    assert result.exit_code == 0, result.output
+    assert "truth (" in result.output and "Dice" in result.output
+    with open(out / "truth_scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["name"] for r in rows) == sorted(p.stem for p in ihc.iterdir())
+    bad = CliRunner().invoke(app, ["eval", "--fake", str(ihc), "--real", str(ihc), "--out", str(out),
+                                   "--kid-subsets", "2", "--truth", str(tmp_path / "missing.npz")])
+    assert bad.exit_code == 1 and "missing.npz" in bad.output and "Traceback" not in bad.output

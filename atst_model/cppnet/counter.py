@@ -14,7 +14,6 @@ from atst_prep.nuclei import Nuclei, register_counter
 from .model import load_checkpoint
 from .predict import maps_to_instances, predict_maps
 
-
 log = logging.getLogger(__name__)
 
 #: A "tiny" CPP-Net trained on synthetic tiles by ``atst prep train-nuclei`` (see benchmarks/RESULTS.md).
