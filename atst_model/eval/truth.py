@@ -38,12 +38,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import rankdata
 
-from atst_prep.mask import MaskConfig, mask_from_dab
+from atst_prep.images import InputError, tissue_mask
+from atst_prep.mask import MaskConfig, gaussian_blur, mask_from_dab
 from atst_prep.nuclei import NucleusCounter
 from atst_prep.stain import dab_and_hematoxylin
+from atst_prep.synth import load_truth
 
 from ..metrics import psnr, ssim
+from .pairs import load_pair, match_pairs
 
 __all__ = ["TileTruth", "dice_iou", "mean_in", "region_auc", "relative_count_error", "score_tile", "summarise",
            "score_folder", "TRUTH_METRICS"]
@@ -94,8 +98,6 @@ def region_auc(values: np.ndarray, region: np.ndarray, tissue: np.ndarray) -> fl
     separation, 1: every region pixel above every other tissue pixel);
     NaN when either class is empty.
     """
-    from scipy.stats import rankdata
-
     region, tissue = np.asarray(region, bool), np.asarray(tissue, bool)
     pos, neg = values[region & tissue], values[~region & tissue]
     if pos.size == 0 or neg.size == 0:
@@ -117,8 +119,6 @@ def score_tile(image: np.ndarray, truth: TileTruth, *, real_ihc: np.ndarray, rea
     DAB intensity and the PSNR/SSIM target; ``tissue`` (H, W) bool, the
     tissue of the tile's frame (default: the image's own), limits ``region_auc``.
     """
-    from atst_prep.images import tissue_mask
-    from atst_prep.mask import gaussian_blur
 
     dab, hema = dab_and_hematoxylin(image)
     mask = mask_from_dab(dab, mask_config) > 0
@@ -160,11 +160,6 @@ def score_folder(fake_dir: Path, real_dir: Path, truth_path: Path, mask_config: 
     a bad or unmatched file is one line in ``rejected`` and the rest goes on.
     ``out_csv`` receives one row per tile.
     """
-    from atst_prep.images import InputError
-    from atst_prep.synth import load_truth
-
-    from .pairs import load_pair, match_pairs
-
     try:
         truths = load_truth(Path(truth_path))
     except (FileNotFoundError, ValueError, OSError) as exc:
