@@ -119,7 +119,6 @@ def score_tile(image: np.ndarray, truth: TileTruth, *, real_ihc: np.ndarray, rea
     DAB intensity and the PSNR/SSIM target; ``tissue`` (H, W) bool, the
     tissue of the tile's frame (default: the image's own), limits ``region_auc``.
     """
-
     dab, hema = dab_and_hematoxylin(image)
     mask = mask_from_dab(dab, mask_config) > 0
     if mask.shape != truth.region.shape:
