@@ -61,7 +61,7 @@ DEMO_VAL := $(DEMO)/data/MIST/HER2/TrainValAB
 
 demo: $(STAMP) ## Synthetic pairs -> masks -> a short CPU training -> a stained slide and an eval report; prints where they are
 	$(BIN)/atst data synth --out $(DEMO)/data --n-train 12 --n-val 4 --seed 0
-	$(BIN)/atst prep build-masks --data $(DEMO)/data --out $(DEMO)/shards --closing-radius 5 --shard-size 4 --jobs $(JOBS)
+	$(BIN)/atst prep build-masks --data $(DEMO)/data --out $(DEMO)/shards --closing-radius 5 --window 256 --shard-size 4 --jobs $(JOBS)
 	$(BIN)/atst prep preview --shards $(DEMO)/shards --n 6
 	$(BIN)/atst prep verify --shards $(DEMO)/shards
 	$(BIN)/atst train --preset demo --shards $(DEMO)/shards/mist-her2 --out $(DEMO)/run --resume none

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Sequence
 
 from .images import InputError, blank_reason, read_rgb
 from .manifest import MANIFEST, dataset_manifest, param_diff, read_manifest, write_manifest_file
-from .mask import MaskConfig, mask_from_dab
+from .mask import MaskConfig, mask_from_dab, window_masks, window_origins
 from .nuclei.store import counter_identity, detect_stored, load_counter, nuclei_diff, open_counter
 from .runner import BuildError, FolderLock, run_tasks
 from .shards import IMAGE_COMPRESSIONS, PreparedPair, ShardError, ShardWriter, read_header, sha256_of
@@ -59,6 +59,13 @@ class BuildConfig:
         Keyword arguments of the counter (e.g. ``(("channel", "hema+dab"),)``).
     counter_weights : str or None
         Its weights file (``"cppnet"``).
+    window, window_stride : int
+        The fixed training windows (px) whose own Eq. 1 masks are stored as the
+        auxiliary losses' targets (:func:`atst_prep.mask.window_masks`); training
+        crops are these windows, so ``window`` is the training crop (the paper:
+        512 px crops of 1024 px tiles). The default stride, half a window, gives
+        nine windows per MIST tile; a stride equal to the window gives the public
+        code's four fixed crops.
     """
 
     mask: MaskConfig = MaskConfig()
@@ -69,8 +76,15 @@ class BuildConfig:
     counter: str | None = None
     counter_weights: str | None = None
     counter_options: tuple[tuple[str, object], ...] = ()
+    window: int = 512
+    window_stride: int | None = None  # None: half a window
 
     def __post_init__(self) -> None:
+        if self.window_stride is None:
+            object.__setattr__(self, "window_stride", max(self.window // 2, 1))
+        if not (16 <= self.window <= 8192) or not (1 <= self.window_stride <= self.window):
+            raise ValueError(f"window must be in [16, 8192] px and window_stride in [1, window], got "
+                             f"{self.window} and {self.window_stride}")
         if self.image_compression not in IMAGE_COMPRESSIONS:
             raise ValueError(f"image_compression must be one of {', '.join(IMAGE_COMPRESSIONS)}, "
                              f"got {self.image_compression!r}")
@@ -95,7 +109,8 @@ class BuildConfig:
         """The parameters as stored in every shard and manifest (``nuclei`` only with a counter)."""
         params = {"mask": asdict(self.mask), "shard_size": self.shard_size,
                   "store_images": self.store_images, "min_tissue": self.min_tissue,
-                  "image_compression": self.image_compression}
+                  "image_compression": self.image_compression,
+                  "windows": {"window": self.window, "stride": self.window_stride}}
         if self.nuclei is not None:
             params["nuclei"] = self.nuclei
         return params
@@ -153,10 +168,13 @@ def prepare_pair(pair: Pair, root: str, config: BuildConfig) -> PreparedPair:
         if reason:
             raise InputError(path, f"{label}: {reason}")
     dab, hema = dab_and_hematoxylin(ihc)
+    origins = window_origins(*dab.shape, config.window, config.window_stride)
     return PreparedPair(
         name=pair.name, he_path=_rel(pair.he, root), ihc_path=_rel(pair.ihc, root), meta=dict(pair.meta),
         he=he, ihc=ihc, dab=dab, hema=hema, mask=mask_from_dab(dab, config.mask),
         tissue_fraction_he=fractions["H&E"], tissue_fraction_ihc=fractions["IHC"],
+        window=config.window, window_stride=config.window_stride, window_origins=origins,
+        window_masks=window_masks(dab, origins, config.window, config.mask),
     )
 
 

@@ -176,4 +176,60 @@ def dab_mask(ihc: np.ndarray, config: MaskConfig = MaskConfig()) -> np.ndarray:
     return mask_from_dab(dab_channel(ihc), config)
 
 
-__all__ = ["MaskConfig", "dab_mask", "mask_from_dab", "otsu_threshold", "gaussian_blur", "dab_density_of_gray"]
+def window_origins(height: int, width: int, window: int, stride: int) -> np.ndarray:
+    """Top-left corners (y, x) of the fixed training windows of a tile, row-major.
+
+    A grid of ``window`` px squares every ``stride`` px, plus one flush with
+    the bottom and right edges when the grid does not reach them, so every
+    pixel lies in some window. A tile smaller than the window has none.
+
+    Returns
+    -------
+    (N, 2) int32 array.
+
+    Examples
+    --------
+    >>> window_origins(1024, 1024, 512, 256).tolist()[:4]
+    [[0, 0], [0, 256], [0, 512], [256, 0]]
+    >>> len(window_origins(1024, 1024, 512, 512)), len(window_origins(300, 300, 512, 256))
+    (4, 0)
+    """
+    if window < 1 or stride < 1:
+        raise ValueError(f"window and stride must be >= 1 px, got {window} and {stride}")
+
+    def axis(n: int) -> list[int]:
+        if n < window:
+            return []
+        starts = list(range(0, n - window + 1, stride))
+        return starts if starts[-1] == n - window else starts + [n - window]
+
+    ys, xs = axis(height), axis(width)
+    return np.array([(y, x) for y in ys for x in xs], np.int32).reshape(-1, 2)
+
+
+def window_masks(dab: np.ndarray, origins: np.ndarray, window: int, config: MaskConfig = MaskConfig()) -> np.ndarray:
+    """Eq. 1 of each training window on its own: the auxiliary losses' target masks.
+
+    The fake's mask M' is Eq. 1 of the crop the generator saw, with Otsu's
+    threshold of that crop; a target cut from the tile's mask would use the
+    tile's threshold instead and differ wherever the staining is uneven. So
+    prep stores Eq. 1 per fixed window, the same function on the same extent.
+
+    Parameters
+    ----------
+    dab : (H, W) float32 DAB density of the tile.
+    origins : (N, 2) window corners (y, x) from :func:`window_origins`.
+    window : side of the windows, px.
+
+    Returns
+    -------
+    (N, window, window) bool array; ``out[i]`` is ``mask_from_dab`` of the window at ``origins[i]``.
+    """
+    out = np.zeros((len(origins), window, window), bool)
+    for i, (y, x) in enumerate(np.asarray(origins)):
+        out[i] = mask_from_dab(np.ascontiguousarray(dab[y:y + window, x:x + window]), config)
+    return out
+
+
+__all__ = ["MaskConfig", "dab_mask", "mask_from_dab", "otsu_threshold", "gaussian_blur", "dab_density_of_gray",
+           "window_origins", "window_masks"]

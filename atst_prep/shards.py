@@ -1,6 +1,6 @@
 """The shard format: one HDF5 file holding many prepared pairs of one split.
 
-Layout (schema version 1)::
+Layout (schema version 2; version 1 had no ``windows/``)::
 
     /                       attrs: schema, schema_version, package_version,
                                    dataset_id, split, shard_index, n_samples,
@@ -18,7 +18,12 @@ Layout (schema version 1)::
         he, ihc             (H, W, 3) uint8 RGB         (unless opted out)
         dab, hema           (H, W) uint16   IHC optical density in rgb2hed units
                                             times 10^4 (attrs scale = 1e-4)
-        mask                (H, W) uint8    1 = DAB-positive (Eq. 1)
+        mask                (H, W) uint8    1 = DAB-positive (Eq. 1 on the whole tile)
+        windows/            attrs: window (side, px), stride (px)
+            origins         (K, 2) int32    (y, x) of each fixed training window
+            mask            (K, w, w) uint8 Eq. 1 of each window on its own: the
+                                            auxiliary losses' targets (see
+                                            atst_prep.mask.window_masks)
         nuclei/             attrs: status = "pending" until a counter fills it, then
                                    status = "done", counter (name), counter_version,
                                    counter_params (JSON), count (N) and, for counters
@@ -72,7 +77,7 @@ import numpy as np
 from . import __version__
 
 SCHEMA = "atst-shard"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CHUNK = 256
 IMAGE_KEYS = ("he", "ihc")
 CHANNEL_KEYS = ("dab", "hema")
@@ -97,7 +102,8 @@ class PreparedPair:
     """Everything prep computes for one pair, ready to be written.
 
     Arrays are (H, W, 3) uint8 for images, (H, W) float32 for the IHC DAB and
-    hematoxylin densities, (H, W) bool for the mask.
+    hematoxylin densities, (H, W) bool for the mask; (K, 2) int32 window
+    origins and (K, w, w) bool window masks (Eq. 1 per training window).
     """
 
     name: str
@@ -111,6 +117,10 @@ class PreparedPair:
     mask: np.ndarray
     tissue_fraction_he: float
     tissue_fraction_ihc: float
+    window: int = 0
+    window_stride: int = 0
+    window_origins: np.ndarray = None
+    window_masks: np.ndarray = None
 
 
 def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -122,6 +132,17 @@ def _dataset(group: h5py.Group, key: str, data: np.ndarray, *, compression: str 
     opts = 1 if compression == "gzip" else None
     return group.create_dataset(key, data=data, chunks=_chunks(data.shape), compression=compression,
                                 compression_opts=opts, shuffle=shuffle, track_times=False)
+
+
+def _write_windows(g: h5py.Group, pair: PreparedPair) -> None:
+    w = g.create_group("windows", track_order=False)
+    w.attrs["window"], w.attrs["stride"] = int(pair.window), int(pair.window_stride)
+    origins = np.zeros((0, 2), np.int32) if pair.window_origins is None else np.asarray(pair.window_origins, np.int32)
+    w.create_dataset("origins", data=origins, track_times=False)
+    masks = (np.zeros((0, pair.window, pair.window), bool) if pair.window_masks is None else pair.window_masks)
+    masks = np.ascontiguousarray(masks).view(np.uint8)
+    w.create_dataset("mask", data=masks, chunks=(1,) + masks.shape[1:] if len(masks) else None,
+                     compression="lzf" if len(masks) else None, track_times=False)
 
 
 def encode_density(density: np.ndarray) -> np.ndarray:
@@ -242,6 +263,7 @@ class ShardWriter:
             d.attrs["units"] = "rgb2hed optical density"
             d.attrs["scale"] = CHANNEL_SCALE
         _dataset(g, "mask", mask)
+        _write_windows(g, pair)
         if nuclei is None:
             g.create_group("nuclei").attrs["status"] = "pending"
         else:
@@ -369,13 +391,33 @@ def _validate_sample(g: h5py.Group, images: bool) -> list[str]:
             problems.append(f"missing dataset {key!r}")
         elif g[key].shape != want_shape or g[key].dtype != want_dtype:
             problems.append(f"{key} is {g[key].shape} {g[key].dtype}, expected {want_shape} {np.dtype(want_dtype)}")
-    for key in ("nuclei", "alignment"):
+    for key in ("nuclei", "alignment", "windows"):
         if key not in g:
             problems.append(f"missing group {key!r}")
+    if "windows" in g:
+        problems.extend(_validate_windows(g["windows"], shape))
     if "nuclei" in g:
         problems.extend(_validate_nuclei(g["nuclei"]))
     if "alignment" in g:
         problems.extend(_validate_alignment(g["alignment"]))
+    return problems
+
+
+def _validate_windows(g: h5py.Group, shape: tuple[int, int]) -> list[str]:
+    from .mask import window_origins
+
+    window, stride = int(g.attrs.get("window", 0)), int(g.attrs.get("stride", 0))
+    if window < 1 or stride < 1:
+        return [f"windows: window {window} / stride {stride} px (expected >= 1)"]
+    want = window_origins(*shape, window, stride)
+    if "origins" not in g or "mask" not in g:
+        return ["windows: origins or mask missing"]
+    problems = []
+    if not np.array_equal(g["origins"][()], want):
+        problems.append(f"windows/origins are not the {window} px grid every {stride} px of a {shape[0]}x{shape[1]} tile")
+    if g["mask"].shape != (len(want), window, window) or g["mask"].dtype != np.uint8:
+        problems.append(f"windows/mask is {g['mask'].shape} {g['mask'].dtype}, expected "
+                        f"({len(want)}, {window}, {window}) uint8")
     return problems
 
 

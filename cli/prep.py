@@ -27,6 +27,12 @@ def build_masks(
     min_dab: float = typer.Option(0.03, help="DAB density below which nothing is foreground (blank tiles give "
                                   "empty masks); 0 reproduces the public script exactly."),
     min_tissue: float = typer.Option(0.01, help="Reject tiles with a smaller tissue fraction as blank."),
+    window: int = typer.Option(512, "--window", help="Side in px of the fixed training windows whose own Eq. 1 "
+                               "masks are stored as the auxiliary targets; training crops are these windows "
+                               "(atst train --crop must equal it)."),
+    window_stride: Optional[int] = typer.Option(None, "--window-stride", help="Step in px between training "
+                                                "windows (default: half a window, 9 windows per 1024 tile; "
+                                                "equal to --window: 4 non-overlapping windows)."),
     shard_size: int = typer.Option(32, help="Pairs per shard file."),
     no_images: bool = typer.Option(False, "--no-images", help="Do not copy H&E/IHC pixels into the shards."),
     image_compression: str = typer.Option("none", help="HDF5 filter for stored images: none (fastest), lzf, gzip."),
@@ -77,7 +83,8 @@ def build_masks(
         groups.setdefault(options, []).append(source)
     configs = {options: make_config(
         BuildConfig, mask=mask, shard_size=shard_size, store_images=not no_images, min_tissue=min_tissue,
-        image_compression=image_compression, counter=None if counter == NO_COUNTER else counter,
+        image_compression=image_compression, window=window,
+        window_stride=window_stride, counter=None if counter == NO_COUNTER else counter,
         counter_weights=str(nuclei_weights) if nuclei_weights is not None else None, counter_options=options)
         for options in groups}
     for source in sources:
