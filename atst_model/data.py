@@ -1,10 +1,12 @@
 """Training pairs from prep's shards: random crops with their auxiliary-loss targets cropped to match.
 
-Training never repeats prep's work: the mask M, the DAB channel and the
-nucleus centroids were computed once per tile by ``atst prep build-masks``
-(and ``count-nuclei``); an item reads only its crop window from the HDF5
-datasets (at most 9 of the 256x256 chunks for a 512 crop) and derives the
-crop's targets from them.
+Training never repeats prep's work: the target mask M of every fixed
+training window (Eq. 1 of that window on its own, the same function on the
+same extent as the fake's M'), the DAB channel and the nucleus centroids were
+computed once by ``atst prep build-masks`` (and ``count-nuclei``); an item
+reads one window (at most 9 of the 256x256 chunks for a 512 crop), flips or
+rotates it at random (Eq. 1 commutes with the eight symmetries of the square)
+and derives the crop's scalar targets from it.
 
 Worker safety: HDF5 handles are opened on first use in the process that
 reads (never in ``__init__``, never pickled), and reopened when the process
@@ -28,9 +30,9 @@ from torch.utils.data import Dataset
 
 from atst_prep.nuclei import count_in_mask
 from atst_prep.shards import SCHEMA, ShardError
-from atst_prep.stain import dab_channel
+from atst_prep.stain import dab_channel, dab_gray
 
-__all__ = ["ShardPairs", "keep_freed_memory", "read_keep_list", "to_unit", "TRUE_VALUES"]
+__all__ = ["ShardPairs", "keep_freed_memory", "read_keep_list", "to_unit", "dihedral", "TRUE_VALUES"]
 
 #: Values of a keep-list's ``kept`` column that mean "kept".
 TRUE_VALUES = frozenset({"1", "true", "True"})
@@ -107,6 +109,23 @@ def keep_freed_memory() -> bool:
         return False
 
 
+def _dab_darkness(ihc: np.ndarray, mask: np.ndarray) -> float:
+    """Mean darkness ``1 - dab_gray`` of the DAB-only rendering of an IHC crop inside ``mask``, in [0, 1).
+
+    L4's target: the quantity Eq. 1 thresholds (the public code's gray units),
+    from the IHC bytes as prep unmixes them.
+    """
+    return 1.0 - cv2.mean(dab_gray(dab_channel(ihc)), mask=mask)[0]
+
+
+def dihedral(a: np.ndarray, k: int) -> np.ndarray:
+    """The ``k``-th (0-7) symmetry of the square on the first two axes: ``k & 4`` transposes, then ``k % 4``
+    quarter turns; 0 is the identity. Returns a view where numpy can."""
+    if k & 4:
+        a = a.swapaxes(0, 1)
+    return np.rot90(a, k % 4)
+
+
 def _dab_mean(ihc: np.ndarray, mask: np.ndarray) -> float:
     """Mean DAB density (rgb2hed units) of an IHC crop (c, c, 3) uint8 inside ``mask`` (c, c) uint8.
 
@@ -119,8 +138,8 @@ def _dab_mean(ihc: np.ndarray, mask: np.ndarray) -> float:
     return cv2.mean(dab_channel(ihc), mask=mask)[0]
 
 
-def _index_shard(path: str, crop: int) -> tuple[str, list[tuple[str, str, int, int]]]:
-    """(split, [(sample key, name, height, width), ...]) of one shard; checks what training needs."""
+def _index_shard(path: str, crop: int) -> tuple[str, list[tuple[str, str, int, int, np.ndarray]]]:
+    """(split, [(sample key, name, height, width, window origins), ...]) of one shard; checks what training needs."""
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
@@ -140,7 +159,14 @@ def _index_shard(path: str, crop: int) -> tuple[str, list[tuple[str, str, int, i
                                  "(or build with --counter) before training")
             if crop > min(h, w):
                 raise ShardError(f"{path}: sample {name} is {h}x{w} px, smaller than the {crop} px crop")
-            entries.append((key, name, h, w))
+            if "windows" not in g:
+                raise ShardError(f"{path}: built by an older atst (shard schema {f.attrs.get('schema_version')}) "
+                                 "without per-window targets; rebuild it with 'atst prep build-masks --overwrite'")
+            window = int(g["windows"].attrs["window"])
+            if window != crop:
+                raise ShardError(f"{path}: holds Eq. 1 targets per {window} px window, not for {crop} px crops; "
+                                 f"train with --crop {window} or rebuild with 'atst prep build-masks --window {crop}'")
+            entries.append((key, name, h, w, g["windows/origins"][()]))
     return split, entries
 
 
@@ -161,6 +187,13 @@ class ShardPairs(Dataset):
     unpaired : bool
         Also return ``ihc_unpaired``, an IHC crop of another random pair: the
         discriminator sees unpaired real IHC, as in the paper.
+    flips : bool
+        Apply one of the eight symmetries of the square (flips, quarter turns),
+        drawn per item, to the H&E, the IHC and the mask together.
+    windows : {"all", "tiled"}
+        Crops are the shards' fixed training windows; "tiled" uses only those
+        on the non-overlapping grid (origins multiples of the window: the public
+        code's four fixed 512 crops of a 1024 tile).
     raw : bool
         Return images and mask as uint8, as stored (``he`` etc. (c, c, 3)
         bytes, ``mask`` (1, c, c) in {0, 1}), and convert on the GPU with
@@ -173,10 +206,12 @@ class ShardPairs(Dataset):
     A dict of (``c`` = crop side):
 
     - ``he``, ``ihc``: (3, c, c) float32 RGB in [-1, 1] (``byte / 127.5 - 1``), the paired crops;
-    - ``mask``: (1, c, c) float32 in {0, 1}, M of the IHC cropped from the shard;
-    - ``dab_mean_in_mask``: () float32, mean DAB density (rgb2hed units) inside the cropped mask, 0 if
+    - ``mask``: (1, c, c) float32 in {0, 1}, M of the window (Eq. 1 of the window, from the shard);
+    - ``dab_mean_in_mask``: () float32, mean DAB density (rgb2hed units) inside the mask, 0 if
       empty; unmixed from the IHC crop's bytes as prep unmixes them, so it equals the mean of the
       shard's ``dab`` channel (stored in 1e-4 steps) to 5e-5;
+    - ``dab_darkness_in_mask``: () float32, mean of ``1 - dab_gray`` inside the mask (L4's target), 0 if empty;
+    - ``transform``: () int64, the symmetry applied (:func:`dihedral`; 0 without ``flips``);
     - ``count_in_mask``, ``count_in_crop``: () float32, nuclei (centroids) inside crop and mask / crop;
     - ``name``: str; ``origin``: (2,) int64, the crop's (y0, x0) px in the tile;
     - with ``unpaired=True``: ``ihc_unpaired`` (3, c, c) float32 in [-1, 1], the IHC crop
@@ -195,20 +230,31 @@ class ShardPairs(Dataset):
     """
 
     def __init__(self, shard_paths: Iterable[str | Path], crop: int = 512, keep_list: str | Path | None = None,
-                 seed: int = 0, unpaired: bool = True, raw: bool = False) -> None:
+                 seed: int = 0, unpaired: bool = True, raw: bool = False, flips: bool = False,
+                 windows: str = "all") -> None:
         self.shard_paths = [str(p) for p in shard_paths]
         if not self.shard_paths:
             raise ValueError("no shards given")
         if isinstance(crop, bool) or not isinstance(crop, (int, np.integer)) or crop < 1:
             raise ValueError(f"crop must be a positive integer (px), got {crop!r}")
+        if windows not in ("all", "tiled"):
+            raise ValueError(f"windows must be 'all' or 'tiled', got {windows!r}")
         self.crop, self.seed, self.unpaired, self.raw, self.epoch = int(crop), int(seed), bool(unpaired), bool(raw), 0
+        self.flips, self.windows = bool(flips), windows
         kept = read_keep_list(Path(keep_list)) if keep_list is not None else None
         samples: list[tuple[int, str, str, int, int]] = []
+        self._windows: list[np.ndarray] = []  # per sample: indices and origins (K, 3) of its usable windows
         for i, path in enumerate(self.shard_paths):
             split, entries = _index_shard(path, self.crop)
-            for key, name, h, w in entries:
+            for key, name, h, w, origins in entries:
                 if kept is None or (name in kept[0] if kept[1] is None else (split, name) in kept[1]):
+                    index = np.arange(len(origins))
+                    if windows == "tiled":
+                        index = index[(origins % self.crop == 0).all(axis=1)]
+                    if len(index) == 0:
+                        continue
                     samples.append((i, key, name, h, w))
+                    self._windows.append(np.column_stack([index, origins[index]]))
         if not samples:
             where = f" by keep-list {keep_list}" if kept is not None else ""
             raise ValueError(f"no sample kept{where} in {len(self.shard_paths)} shard(s)")
@@ -230,7 +276,7 @@ class ShardPairs(Dataset):
         return state
 
     def _open(self, shard: int, key: str) -> tuple[h5py.Dataset, ...]:
-        """(he, ihc, mask, centroids) datasets of a sample, opened once per process.
+        """(he, ihc, window masks, centroids) datasets of a sample, opened once per process.
 
         Opening a dataset object costs several times reading a 512 window
         through one that is open (h5py caches its fast reader per object).
@@ -244,7 +290,7 @@ class ShardPairs(Dataset):
             if f is None:
                 f = self._files[shard] = h5py.File(self.shard_paths[shard], "r")
             g = f["samples"][key]
-            found = self._datasets[(shard, key)] = (g["he"], g["ihc"], g["mask"], g["nuclei/centroids"])
+            found = self._datasets[(shard, key)] = (g["he"], g["ihc"], g["windows/mask"], g["nuclei/centroids"])
         return found
 
     def _origin(self, rng: np.random.Generator, h: int, w: int) -> tuple[int, int]:
@@ -267,23 +313,32 @@ class ShardPairs(Dataset):
             raise IndexError(f"index {index} out of range for {len(self.samples)} samples")
         rng = np.random.default_rng((self.seed, self.epoch, index))
         shard, key, name, h, w = self.samples[index]
-        y0, x0 = self._origin(rng, h, w)
+        windows = self._windows[index]
+        k, y0, x0 = (int(v) for v in windows[int(rng.integers(0, len(windows)))])
+        t = int(rng.integers(0, 8)) if self.flips else 0
         c = self.crop
         he_data, ihc_data, mask_data, centroids = self._open(shard, key)
         ihc = self._window(ihc_data, y0, x0)
-        mask = self._window(mask_data, y0, x0)
+        mask = mask_data[k]
         positive = cv2.countNonZero(mask)
         xy = np.rint(centroids[()].astype(np.float64)).astype(np.int64) - np.array([x0, y0])
         in_crop = xy[((xy >= 0) & (xy < c)).all(axis=1)]
+        # scalar targets are invariant under the symmetries: taken before applying one
+        dab_mean = _dab_mean(ihc, mask) if positive else 0.0
+        darkness = _dab_darkness(ihc, mask) if positive else 0.0
+        n_in_mask = count_in_mask(in_crop, mask) if positive else 0
+        he, ihc, mask = (np.ascontiguousarray(dihedral(a, t)) for a in (self._window(he_data, y0, x0), ihc, mask))
         item = {
-            "he": self._image(self._window(he_data, y0, x0)),
+            "he": self._image(he),
             "ihc": self._image(ihc),
             "mask": torch.from_numpy(mask.reshape(1, c, c) if self.raw else mask.astype(np.float32).reshape(1, c, c)),
-            "dab_mean_in_mask": torch.tensor(_dab_mean(ihc, mask) if positive else 0.0, dtype=torch.float32),
-            "count_in_mask": torch.tensor(float(count_in_mask(in_crop, mask) if positive else 0), dtype=torch.float32),
+            "dab_mean_in_mask": torch.tensor(dab_mean, dtype=torch.float32),
+            "dab_darkness_in_mask": torch.tensor(darkness, dtype=torch.float32),
+            "count_in_mask": torch.tensor(float(n_in_mask), dtype=torch.float32),
             "count_in_crop": torch.tensor(float(len(in_crop)), dtype=torch.float32),
             "name": name,
             "origin": torch.tensor([y0, x0], dtype=torch.int64),
+            "transform": torch.tensor(t, dtype=torch.int64),
         }
         if self.unpaired:
             other = self._other(rng, index)

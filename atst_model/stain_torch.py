@@ -20,19 +20,25 @@ threshold on gray levels near 1. Gradients flow back to a bf16 input.
 ``soft_mask`` follows :func:`atst_prep.mask.mask_from_dab` step by step:
 
 ====================================  ==================================================
-prep (numpy/OpenCV, hard)             here (torch, soft)
+prep (numpy/OpenCV, hard)             here (torch)
 ====================================  ==================================================
 ``dab_gray`` (closed form)            :func:`dab_gray`, same formula
 9x9 Gaussian, sigma 1, replicate      :func:`gaussian_blur`, separable, replicate
-Otsu on the tile (256 bins)           :func:`otsu_threshold`, same histogram rule,
+Otsu on the image (256 bins)          :func:`otsu_threshold`, same histogram rule,
                                       per image, on the detached gray
-``gray <= T`` (T capped by min_dab)   ``sigmoid((T - gray) / temperature)``
+``gray <= T`` (T capped by min_dab)   the same in value; the gradient of
+                                      ``sigmoid((T - gray) / temperature)``
 erode / dilate 3x3 (cv2 borders)      min / max pooling (same borders)
 closing by disk(r), reflect           exact disk max/min with sub-gradients
 ====================================  ==================================================
 
-Thresholding commutes with min and max, so ``soft_mask(...) > 0.5`` is
-prep's hard mask up to float rounding of the gray levels near ``T``.
+The value of ``soft_mask`` *is* the hard mask (a straight-through estimator):
+a fake equal to the real IHC gets exactly prep's M, so every auxiliary loss
+is zero at the truth, while the gradient comes from the soft pipeline. The
+temperature therefore shapes only the gradient, and can be wide.
+Prep stores M per fixed training window (:func:`atst_prep.mask.window_masks`)
+so that the target and M' are Eq. 1 on the same extent: Otsu's threshold of a
+crop is not the threshold of its tile.
 """
 
 from __future__ import annotations
@@ -48,8 +54,15 @@ from atst_prep.mask import MaskConfig
 from atst_prep.stain import DAB, GRAY_WEIGHTS, HED_FROM_RGB, HEMATOXYLIN, LOG_ADJUST, RGB_FROM_HED
 from atst_prep.stain import dab_gray as _dab_gray_np
 
-__all__ = ["optical_density", "unmix", "dab_gray", "gaussian_blur", "otsu_threshold", "soft_mask",
-           "dilate_disk", "erode_disk", "closing_disk", "MIN_INTENSITY"]
+__all__ = ["optical_density", "unmix", "dab_gray", "gaussian_blur", "otsu_threshold", "soft_mask", "hard_mask",
+           "dilate_disk", "erode_disk", "closing_disk", "clamp_min_straight_through", "MIN_INTENSITY",
+           "DEFAULT_TEMPERATURE"]
+
+#: Width of the soft threshold's gradient in gray units (see :func:`soft_mask`), chosen in
+#: ``benchmarks/aux_balance.py`` (RESULTS.md): at 0.2 a white pixel (gray 1, Otsu's T ~ 0.7 on
+#: real IHC) still gets 60 % of the peak slope, so L1-L3 can grow a region where the fake is
+#: blank, and the mask terms stay within 10x of the others (at 0.02 they passed almost nothing).
+DEFAULT_TEMPERATURE = 0.2
 
 #: Intensities are clamped here before the log, as in ``skimage.color.rgb2hed``.
 MIN_INTENSITY = 1e-6
@@ -86,14 +99,23 @@ def unmix(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     Returns
     -------
     dab, hema : (B, 1, H, W) float32, optical density in rgb2hed units, >= 0
-        (clipped at zero as prep clips; the clip passes no gradient below 0).
+        (clipped at zero as prep clips). The clip is straight-through: its
+        gradient is 1 below zero too, so a pixel whose DAB unmixes negative
+        (white, pure hematoxylin) still learns which way makes it browner.
     """
     od = optical_density(rgb)
     with torch.autocast(rgb.device.type, enabled=False):
         r, g, b = od[:, 0:1], od[:, 1:2], od[:, 2:3]
         # elementwise, not a matmul/conv: those may run in TF32 on a GPU (10 mantissa bits)
-        dab, hema = ((r * k[0] + g * k[1] + b * k[2]).clamp_min(0.0) for k in _UNMIX)
+        dab, hema = (clamp_min_straight_through(r * k[0] + g * k[1] + b * k[2]) for k in _UNMIX)
     return dab, hema
+
+
+def clamp_min_straight_through(x: torch.Tensor, floor: float = 0.0) -> torch.Tensor:
+    """``x.clamp_min(floor)`` in value, identity in gradient (a straight-through clip)."""
+    if not x.requires_grad:
+        return x.clamp_min(floor)
+    return x + (x.clamp_min(floor) - x).detach()
 
 
 def dab_gray(dab: torch.Tensor) -> torch.Tensor:
@@ -254,14 +276,36 @@ class _DiskMaxValid(torch.autograd.Function):
         return g.view(n, c, hp, wp), None
 
 
+def _disk_max_plain(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """The forward of :class:`_DiskMaxValid` without argmax bookkeeping (no gradient): hard masks."""
+    r = radius
+    h, w = x.shape[-2] - 2 * r, x.shape[-1] - 2 * r
+    half = _half_widths(r)
+    val, grown, out = x[..., r:r + w], 0, None
+    for dy in range(r, -1, -1):
+        while grown < half[dy]:
+            grown += 1
+            val = torch.maximum(torch.maximum(val, x[..., r - grown:r - grown + w]), x[..., r + grown:r + grown + w])
+        for row in ((r - dy, r + dy) if dy else (r,)):
+            v = val[..., row:row + h, :]
+            out = v if out is None else torch.maximum(out, v)
+    return out.contiguous()
+
+
+def _disk_max(x: torch.Tensor, radius: int) -> torch.Tensor:
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _DiskMaxValid.apply(x, radius)
+    return _disk_max_plain(x, radius)
+
+
 def dilate_disk(x: torch.Tensor, radius: int) -> torch.Tensor:
     """Grey dilation by ``disk(radius)`` of a pre-padded (N, C, H + 2r, W + 2r) tensor -> (N, C, H, W)."""
-    return x if radius == 0 else _DiskMaxValid.apply(x, radius)
+    return x if radius == 0 else _disk_max(x, radius)
 
 
 def erode_disk(x: torch.Tensor, radius: int) -> torch.Tensor:
     """Grey erosion by ``disk(radius)`` of a pre-padded tensor (the dual of :func:`dilate_disk`)."""
-    return x if radius == 0 else -_DiskMaxValid.apply(-x, radius)
+    return x if radius == 0 else -_disk_max(-x, radius)
 
 
 def closing_disk(x: torch.Tensor, radius: int) -> torch.Tensor:
@@ -283,8 +327,38 @@ def _gray_of_min_dab(min_dab: float) -> float:
     return float(_dab_gray_np(np.float32([min_dab]))[0])
 
 
-def soft_mask(dab: torch.Tensor, config: MaskConfig = MaskConfig(), temperature: float = 0.02) -> torch.Tensor:
-    """Soft Eq. 1: a differentiable :func:`atst_prep.mask.mask_from_dab`.
+def _morphology(m: torch.Tensor, config: MaskConfig) -> torch.Tensor:
+    """Eq. 1 after the threshold: erosion and dilation (3x3, cv2 borders), then the disk closing."""
+    k = config.morph_kernel
+    for _ in range(config.erode_iterations):   # cv2.erode: outside counts as foreground
+        m = -F.max_pool2d(-m, k, stride=1, padding=k // 2)
+    for _ in range(config.dilate_iterations):  # cv2.dilate: outside counts as background
+        m = F.max_pool2d(m, k, stride=1, padding=k // 2)
+    return closing_disk(m, config.closing_radius)
+
+
+def _gray_and_threshold(dab: torch.Tensor, config: MaskConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    gray = gaussian_blur(dab_gray(dab), config.sigma)
+    t = otsu_threshold(gray, config.otsu_bins)
+    if config.min_dab > 0:  # gray falls as DAB rises, so the floor on DAB is a ceiling on gray
+        t = t.clamp_max(_gray_of_min_dab(config.min_dab))
+    return gray, t.float().view(-1, 1, 1, 1)
+
+
+def hard_mask(dab: torch.Tensor, config: MaskConfig = MaskConfig()) -> torch.Tensor:
+    """Eq. 1 in torch, batched, no gradient: (B, 1, H, W) float32 in {0, 1}.
+
+    Equal to prep's :func:`atst_prep.mask.mask_from_dab` on every image up to
+    float rounding of the gray levels at Otsu's threshold (a few pixels, if any).
+    """
+    with torch.no_grad(), torch.autocast(dab.device.type, enabled=False):
+        gray, t = _gray_and_threshold(dab, config)
+        return _morphology((gray <= t).float(), config)
+
+
+def soft_mask(dab: torch.Tensor, config: MaskConfig = MaskConfig(),
+              temperature: float = DEFAULT_TEMPERATURE) -> torch.Tensor:
+    """Eq. 1 with a gradient: the hard mask in value, a soft mask's gradient (straight-through).
 
     Parameters
     ----------
@@ -292,34 +366,29 @@ def soft_mask(dab: torch.Tensor, config: MaskConfig = MaskConfig(), temperature:
     config : MaskConfig
         The parameters prep used for the target masks (shard ``params["mask"]``).
     temperature : float
-        Width of the soft threshold in gray units (gray of the DAB-only
+        Width of the gradient's threshold in gray units (gray of the DAB-only
         rendering, in (0, 1]; on real IHC the gray levels span ~0.3-1 and
-        Otsu's threshold sits near 0.7). The threshold is
-        ``sigmoid((T - gray) / temperature)``. On the real sample 3.4 % of
-        the pixels lie within 0.02 of T and 10.5 % within 0.06 (three
-        temperatures, where the sigmoid's slope is still 1/5 of its peak); the soft mask of the real
-        image then differs from the hard one by a mean square of 0.001-0.04
-        per 128 px crop (r = 5). Min/max pooling then routes each output's
-        gradient to the pixel that sets it.
+        Otsu's threshold sits near 0.7).
 
     Returns
     -------
-    (B, 1, H, W) float32 in [0, 1]; ``> 0.5`` equals prep's hard mask up to
-    float rounding at the threshold. ``T`` is computed on the detached gray
-    (Otsu has no useful gradient), per image.
+    (B, 1, H, W) float32. Its *value* is :func:`hard_mask`, i.e. prep's Eq. 1
+    (binary): the real IHC as the fake gives M' = M and a zero mask loss,
+    whatever the temperature. Its *gradient* is that of the soft pipeline
+    ``sigmoid((T - gray) / temperature)`` followed by the same erosion,
+    dilation and closing as min/max pooling (each output routes its gradient
+    to the pixel that sets it, the one nearest to turning). ``T`` is Otsu's
+    threshold of the detached gray, per image (Otsu has no useful gradient).
+    Without autograd (no grad mode, or an input that needs none) only the
+    hard mask is computed.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 (gray units), got {temperature}")
+    if not (torch.is_grad_enabled() and dab.requires_grad):
+        return hard_mask(dab, config)
     with torch.autocast(dab.device.type, enabled=False):
-        gray = gaussian_blur(dab_gray(dab), config.sigma)
-        t = otsu_threshold(gray, config.otsu_bins)
-        if config.min_dab > 0:  # gray falls as DAB rises, so the floor on DAB is a ceiling on gray
-            t = t.clamp_max(_gray_of_min_dab(config.min_dab))
-        t = t.float().view(-1, 1, 1, 1)
-        m = torch.sigmoid((t - gray) * (1.0 / temperature))
-        k = config.morph_kernel
-        for _ in range(config.erode_iterations):   # cv2.erode: outside counts as foreground
-            m = -F.max_pool2d(-m, k, stride=1, padding=k // 2)
-        for _ in range(config.dilate_iterations):  # cv2.dilate: outside counts as background
-            m = F.max_pool2d(m, k, stride=1, padding=k // 2)
-        return closing_disk(m, config.closing_radius)
+        gray, t = _gray_and_threshold(dab, config)
+        with torch.no_grad():
+            hard = _morphology((gray <= t).float(), config)
+        soft = _morphology(torch.sigmoid((t - gray) * (1.0 / temperature)), config)
+        return hard + (soft - soft.detach())

@@ -99,6 +99,34 @@ def bar_chart(path: Path, results: dict[str, list[dict]], refs: dict[str, list[t
     cv2.imwrite(str(path), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
 
 
+CURVE_KEYS = ("adv_g1", "cycle", "aux_l1", "aux_l4", "aux_l5", "d_ihc")
+
+
+def curves(path: Path, history: dict[str, list[list[dict]]], keys=CURVE_KEYS) -> None:
+    """Learning curves: one panel per loss, one line per variant (mean over seeds, running mean of 10 steps)."""
+    w, h, margin = 320, 220, 30
+    canvas = np.full((h, w * len(keys), 3), 255, np.uint8)
+    colours = [(150, 150, 150), (232, 180, 120), (200, 130, 60), (120, 90, 180), (40, 60, 200)]
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    for p, key in enumerate(keys):
+        lines = {}
+        for name, seeds in history.items():
+            n = min(len(rows) for rows in seeds)
+            v = np.mean([[r[key] for r in rows[:n]] for rows in seeds], axis=0)
+            lines[name] = np.convolve(v, np.ones(10) / 10, mode="valid") if len(v) > 10 else v
+        lo = min(float(v.min()) for v in lines.values())
+        hi = max(float(v.max()) for v in lines.values())
+        cv2.putText(canvas, f"{key}  {lo:.3g} - {hi:.3g}", (p * w + margin, 16), font, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+        for i, (name, v) in enumerate(lines.items()):
+            xs = np.linspace(p * w + margin, (p + 1) * w - 10, len(v))
+            ys = h - margin - (v - lo) / max(hi - lo, 1e-12) * (h - 2 * margin - 10)
+            cv2.polylines(canvas, [np.stack([xs, ys], 1).astype(np.int32)], False, colours[i % 5], 1, cv2.LINE_AA)
+            if p == 0:
+                cv2.putText(canvas, name, (margin + 4, h - 8 - 12 * (len(lines) - 1 - i)), font, 0.35,
+                            colours[i % 5], 1, cv2.LINE_AA)
+    cv2.imwrite(str(path), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+
+
 def verdict(results: dict[str, list[dict]]) -> str:
     """Does the full model beat plain CycleGAN by more than the seed-to-seed spread? (Dice, then region AUC.)"""
     lines = []
@@ -120,6 +148,8 @@ def render(out: Path, report: dict) -> str:
     refs = {"dice": [(trivial["dice"], "all tissue"), (oracle["dice"], "real IHC")],
             "region_auc": [(0.5, "chance"), (oracle["region_auc"], "real IHC")]}
     bar_chart(out / "ablation.png", results, refs)
+    if report.get("history"):
+        curves(out / "curves.png", report["history"])
     return text
 
 
@@ -167,6 +197,7 @@ def main() -> None:
         print(f"task ready in {time.perf_counter() - start:.0f} s; real IHC vs truth: Dice {oracle['dice']:.3f}; "
               f"'all tissue positive': Dice {trivial['dice']:.3f}", flush=True)
         results: dict[str, list[dict]] = {v: [] for v in variants}
+        history: dict[str, list[list[dict]]] = {v: [] for v in variants}
         tiles: dict[str, list] = {}
         grids = []
         for seed in range(args.seeds):
@@ -177,6 +208,7 @@ def main() -> None:
                                                       keep_images=1 if seed == 0 else 0)
                 summary.update(seed=seed, train_seconds=seconds)
                 results[v].append(summary)
+                history[v].append([{k: r[k] for k in ("step", *CURVE_KEYS)} for r in trainer.history])
                 tiles[f"{v}/{seed}"] = rows
                 grids += images
                 print(f"{v:<11} seed {seed}: Dice {summary['dice']:.3f}  IoU {summary['iou']:.3f}  "
@@ -184,6 +216,7 @@ def main() -> None:
                       f"count err {summary['count_rel_error']:.2f}  ({seconds:.0f} s)", flush=True)
     report = _plain({"budget": {**asdict(budget), "task": asdict(budget.task)}, "device": args.device,
                      "seeds": args.seeds, "oracle": oracle, "all_tissue": trivial, "runs": results, "tiles": tiles,
+                     "history": history,
                      "minutes": (time.perf_counter() - start) / 60})
     (out / "ablation.json").write_text(json.dumps(report, indent=1) + "\n")
     text = render(out, report)
@@ -191,7 +224,8 @@ def main() -> None:
         sheet = cv2.resize(np.concatenate(grids, axis=0), None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
         cv2.imwrite(str(out / "samples.png"), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
     print("\n" + text)
-    print(f"\n{report['minutes']:.1f} min; results in {out}/ (table.md, ablation.png, samples.png, ablation.json)")
+    print(f"\n{report['minutes']:.1f} min; results in {out}/ (table.md, ablation.png, curves.png, samples.png, "
+          "ablation.json)")
 
 
 if __name__ == "__main__":

@@ -95,10 +95,9 @@ def main() -> None:
     crops = [tile[y:y + c, x:x + c] for y, x in origins]
     config = AuxLossConfig(mask=MaskConfig(closing_radius=30))
     masks = torch.from_numpy(np.stack([dab_mask(crop, config.mask) for crop in crops])).float()[:, None].to(device)
-    dab_mean = torch.full((n,), 0.1, device=device)
-    counts = torch.full((n,), 50.0, device=device)
     aux = AuxLosses(config).to(device)
     base = to_unit(crops, device)
+    dab_target = aux.dab_target(base, masks)  # the real crops are the targets' IHC
     noisy = (base + 0.05 * torch.randn(base.shape, generator=torch.Generator().manual_seed(0)).to(device)).clamp(-1, 1)
 
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
@@ -106,7 +105,7 @@ def main() -> None:
         for term in TERMS:
             fake = noisy.detach().to(dtype, copy=True).requires_grad_(True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-                out = aux(fake, masks, dab_mean, counts)
+                out = aux(fake, base, masks, dab_target)
             out[term].backward()
             g = fake.grad.float()
             grads[term] = {"value": out[term].item(), "grad_norm": float(g.norm()),
@@ -117,7 +116,7 @@ def main() -> None:
         def step_all():
             fake = noisy.detach().to(dtype, copy=True).requires_grad_(True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-                total = aux(fake, masks, dab_mean, counts)["total"]
+                total = aux(fake, base, masks, dab_target)["total"]
             total.backward()
 
         def step_mask():

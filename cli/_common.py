@@ -51,7 +51,8 @@ def make_config(factory: Callable, *args, **kwargs):
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}")
+    # soft_wrap: one line whatever the terminal's width, so a path in it can be copied whole
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     return typer.Exit(code)
 
 

@@ -6,7 +6,7 @@ import typer
 
 from atst_prep import __version__
 
-from . import align, data, nuclei, prep, train  # noqa: F401  (nuclei, align add prep commands)
+from . import align, check, data, nuclei, prep, train  # noqa: F401  (nuclei, align add prep commands)
 from . import eval as eval_cli
 from .translate import translate_command
 
@@ -17,6 +17,7 @@ app = typer.Typer(
 app.add_typer(prep.app, name="prep")
 app.add_typer(data.app, name="data")
 app.command("train")(train.train)
+app.command("check-targets")(check.check_targets)
 app.command("eval")(eval_cli.eval_command)
 app.command("translate")(translate_command)
 

@@ -31,7 +31,13 @@ def train(
     lr: Optional[float] = typer.Option(None, help="Adam learning rate (2e-4), betas (0.5, 0.999)."),
     lambda_cycle: Optional[float] = typer.Option(None, help="Cycle loss weight (5)."),
     lambda_identity: Optional[float] = typer.Option(None, help="Identity loss weight (0)."),
-    aux_weights: Optional[str] = typer.Option(None, help="b1..b5 of L1..L5 as 'b1,b2,b3,b4,b5' (60,10,10,20,1)."),
+    recipe: str = typer.Option("paper", help="paper (b = 60,10,10,20,1, no identity loss, random windows with "
+                               "flips; L4 in gray units, L5 in Poisson sd) or public-code (b = 50,100,100,1 and "
+                               "|count difference|, identity 10, 40 epochs over 4 fixed crops per tile). "
+                               "Options given below override it."),
+    aux_weights: Optional[str] = typer.Option(None, help="b1..b5 of L1..L5 as 'b1,b2,b3,b4,b5' (the recipe's)."),
+    init_g1: Optional[Path] = typer.Option(None, help="Start G1 from these weights (a run's checkpoint or a "
+                                           "G1 file), e.g. to fine-tune; ignored when resuming."),
     precision: Optional[str] = typer.Option(None, help="bf16 (autocast, GPU) or fp32."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the generators."),
     checkpoint_every: Optional[int] = typer.Option(None, help="Steps between checkpoints."),
@@ -50,7 +56,7 @@ def train(
     Resumes from the run folder's latest checkpoint unless --resume none.
     """
     from atst_model.train.config import preset as named_preset
-    from atst_model.train.config import resolve_preset
+    from atst_model.train.config import resolve_preset, with_recipe
     from atst_model.train.trainer import Trainer
 
     if shards is None:  # the preset's own shards: adapt to what is on disk, and say so
@@ -65,7 +71,8 @@ def train(
             weights = tuple(float(x) for x in aux_weights.split(","))
         except ValueError:
             raise fail(f"--aux-weights must be five numbers separated by commas, got {aux_weights!r}") from None
-    overrides = dict(shards=shards, out=out, g1=g1, g1_mode=g1_mode, g2=g2, d=d, encoder_weights=encoder_weights,
+    base = make_config(with_recipe, base, recipe)
+    overrides = dict(init_g1=init_g1, shards=shards, out=out, g1=g1, g1_mode=g1_mode, g2=g2, d=d, encoder_weights=encoder_weights,
                      nuclei_weights=nuclei_weights, keep_list=keep_list, crop=crop, batch=batch, epochs=epochs,
                      max_steps=max_steps, lr=lr, lambda_cycle=lambda_cycle, lambda_identity=lambda_identity,
                      aux_weights=weights, precision=precision, compile=compile, checkpoint_every=checkpoint_every,

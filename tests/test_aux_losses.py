@@ -1,4 +1,5 @@
 """L1-L5: each passes a non-zero, finite gradient into the fake IHC (fp32 and bf16); values by hand."""
+# the targets are (real IHC crop, M, L4's target): L5 counts the real crop with the same frozen counter
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from atst_model.cppnet.count import density_of
 from atst_model.losses import TERMS, AuxLossConfig, AuxLosses, dab_loss, mask_losses, patch_losses
 from atst_prep.mask import MaskConfig, dab_mask
-from atst_prep.stain import dab_channel
+from atst_prep.stain import dab_channel, dab_gray
 
 CONFIG = AuxLossConfig(mask=MaskConfig(closing_radius=5))
 
@@ -19,25 +20,32 @@ def aux() -> AuxLosses:
     return AuxLosses(CONFIG)  # the bundled CPP-Net, frozen
 
 
+def _unit(rgb):
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+
 @pytest.fixture(scope="module")
 def real_targets(real_ihc):
-    """Mask, DAB mean and a count of a 64x64 real IHC crop, as the shards would give them."""
+    """The real IHC crop (64x64), its mask and L4's target (mean darkness in M), as the loader gives them."""
     crop = real_ihc[320:384, 0:64]
     mask = dab_mask(crop, CONFIG.mask)
     assert 0.1 < mask.mean() < 0.9  # a crop with both classes
-    dab_mean = float(dab_channel(crop)[mask].mean())
-    return (torch.from_numpy(mask).float()[None, None], torch.tensor([dab_mean]), torch.tensor([7.0]))
+    darkness = 1.0 - float(dab_gray(dab_channel(crop))[mask].mean())
+    return (_unit(crop), torch.from_numpy(mask).float()[None, None], torch.tensor([darkness]))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("term", TERMS)
 def test_every_aux_loss_passes_a_finite_nonzero_gradient_to_the_fake(aux, real_targets, term, dtype):
     torch.manual_seed(1)
-    fake = (torch.rand(1, 3, 64, 64) * 1.6 - 0.8).to(dtype).requires_grad_(True)  # leaf, as G1's output
-    mask, dab_mean, count = real_targets
+    # a wrong fake: the real crop turned a quarter, with noise. (M' is Eq. 1 in value, so a term is
+    # exactly 0, with no gradient, wherever M' already equals M: a random fake is blank where M is.)
+    real = real_targets[0]
+    fake = (real.rot90(1, (-2, -1)) + 0.2 * torch.randn_like(real)).clamp(-1, 1)
+    fake = fake.to(dtype).requires_grad_(True)  # leaf, as G1's output
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-        losses = aux(fake, mask, dab_mean, count)
-    assert torch.isfinite(losses[term]) and losses[term].dtype == torch.float32
+        losses = aux(fake, *real_targets)
+    assert torch.isfinite(losses[term]) and losses[term].dtype == torch.float32 and losses[term] > 0
     losses[term].backward()
     grad = fake.grad.float()
     assert torch.isfinite(grad).all()
@@ -122,23 +130,40 @@ def test_dab_loss_compares_soft_masked_means():
     assert dab_loss(dab, soft, target, eps=1e-9).item() == pytest.approx(0.005, rel=1e-5)
 
 
-def test_count_loss_is_the_absolute_error_of_the_soft_count(aux, real_ihc):
-    fake = torch.from_numpy(real_ihc[:64, :64]).permute(2, 0, 1)[None].float() / 127.5 - 1
-    dab, hema, soft = aux.fake_stains(fake)
-    soft_count = (density_of(aux.counter, hema) * soft).sum().item()
-    out = aux(fake, torch.zeros(1, 1, 64, 64), torch.zeros(1), torch.tensor([soft_count + 3.0]))
-    assert out["l5"].item() == pytest.approx(3.0, abs=1e-3)
+def test_dab_loss_damps_both_means_alike_so_equal_masks_score_zero():
+    dab = torch.rand(1, 1, 8, 8)
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., :2, :2] = 1.0  # a speck of 4 px
+    plain = dab[mask > 0].mean().view(1)
+    assert dab_loss(dab, mask, plain, eps=4.0, mask=mask).item() == pytest.approx(0.0, abs=1e-12)
+    # the speck's mean is halved on both sides (4 / (4 + 4)), and its gradient bounded by 1 / (area + eps)
+    fake = dab.clone().requires_grad_(True)
+    dab_loss(fake, mask, torch.zeros(1), eps=4.0).backward()
+    assert fake.grad.abs().max().item() == pytest.approx(2 * (plain.item() / 2) / 8, rel=1e-5)
 
 
-def test_losses_of_the_real_image_against_its_own_targets_are_small(aux, real_ihc):
+def test_count_loss_is_the_error_of_the_soft_count_in_poisson_standard_deviations(aux, real_ihc):
+    fake = _unit(real_ihc[:64, :64])
+    real = _unit(real_ihc[64:128, :64])
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., :32, :] = 1.0
+    dab, hema, m = aux.fake_stains(fake)
+    fake_count = (density_of(aux.counter, hema) * m).sum().item()
+    real_hema = aux.fake_stains(real)[1]
+    target = (density_of(aux.counter, real_hema) * mask).sum().item()
+    crop = density_of(aux.counter, real_hema).sum().item()
+    out = aux(fake, real, mask, torch.zeros(1))
+    assert out["l5"].item() == pytest.approx(abs(fake_count - target) / max(crop, 1.0) ** 0.5, rel=1e-4)
+
+
+def test_losses_of_the_real_image_against_its_own_targets_are_zero(aux, real_ihc):
     crop = real_ihc[:128, :128]
-    fake = torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 127.5 - 1
+    fake = _unit(crop)
     mask = dab_mask(crop, CONFIG.mask)
-    dab_mean = float(dab_channel(crop)[mask].mean())
-    out = aux(fake, torch.from_numpy(mask).float()[None, None], torch.tensor([dab_mean]), torch.zeros(1))
-    # the soft mask differs from the hard one where the gray is within a few temperatures of T
-    # (measured 0.037 here at temperature 0.02, against 0.73 for an empty M')
-    assert out["l1"] < 0.05 and out["l2"] < 0.05 and out["l3"] < 0.05 and out["l4"] < 1e-4
+    darkness = 1.0 - float(dab_gray(dab_channel(crop))[mask].mean())
+    out = aux(fake, fake.clone(), torch.from_numpy(mask).float()[None, None], torch.tensor([darkness]))
+    # M' is Eq. 1 in value (straight-through): the real image's M' is M, whatever the temperature
+    assert out["l1"] == 0 and out["l2"] == 0 and out["l3"] == 0 and out["l5"] == 0 and out["l4"] < 1e-10
 
 
 @pytest.mark.parametrize("bad", [dict(n_patches=9), dict(n_patches=8), dict(weights=(1, 2, 3)),
@@ -158,9 +183,10 @@ def test_a_two_channel_counter_is_refused():
 def test_batched_losses_equal_the_mean_of_single_image_losses(aux, real_ihc):
     crops = [real_ihc[:64, :64], real_ihc[200:264, 300:364]]
     fakes = torch.stack([torch.from_numpy(c).permute(2, 0, 1).float() / 127.5 - 1 for c in crops])
+    reals = fakes.flip(-1)
     masks = torch.stack([torch.from_numpy(dab_mask(c, CONFIG.mask)).float()[None] for c in crops])
-    dab_means, counts = torch.tensor([0.1, 0.2]), torch.tensor([3.0, 40.0])
-    both = aux(fakes, masks, dab_means, counts)
-    single = [aux(fakes[i:i + 1], masks[i:i + 1], dab_means[i:i + 1], counts[i:i + 1]) for i in range(2)]
+    targets = torch.tensor([0.1, 0.2])
+    both = aux(fakes, reals, masks, targets)
+    single = [aux(fakes[i:i + 1], reals[i:i + 1], masks[i:i + 1], targets[i:i + 1]) for i in range(2)]
     for k in TERMS:
         assert both[k].item() == pytest.approx(np.mean([s[k].item() for s in single]), rel=1e-4, abs=1e-6)

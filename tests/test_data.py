@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import cv2
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -13,24 +14,32 @@ from torch.utils.data import DataLoader
 from atst_model.data import ShardPairs, keep_freed_memory, read_keep_list, to_unit
 from atst_model.loader import ThreadedLoader
 from atst_prep.build import BuildConfig, build
-from atst_prep.mask import MaskConfig
+from atst_prep.mask import MaskConfig, mask_from_dab
 from atst_prep.shards import ShardError, iter_samples
 from atst_prep.sources import detect
+from atst_prep.stain import dab_channel
 
 CROP = 96
+MASK = MaskConfig(closing_radius=5)
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, synth_data) -> list[Path]:
     """The synthetic 256 px dataset built with the classical nucleus counter (6 train, 2 val pairs)."""
     out = tmp_path_factory.mktemp("train-shards")
-    build(detect(synth_data), out, BuildConfig(mask=MaskConfig(closing_radius=5), shard_size=3, counter="classical"))
+    build(detect(synth_data), out, BuildConfig(mask=MaskConfig(closing_radius=5), shard_size=3, counter="classical",
+                                               window=CROP, window_stride=CROP // 2))
     return sorted(out.rglob("shard-*.h5"))
 
 
 @pytest.fixture(scope="module")
 def samples(shards) -> dict[str, dict]:
-    return {s["name"]: s for p in shards for s in iter_samples(p, arrays=("he", "ihc", "dab", "mask"))}
+    found = {s["name"]: s for p in shards for s in iter_samples(p, arrays=("he", "ihc", "dab", "mask"))}
+    for p in shards:  # the training windows and their own Eq. 1 masks
+        with h5py.File(p, "r") as f:
+            for g in f["samples"].values():
+                found[str(g.attrs["name"])]["windows"] = (g["windows/origins"][()], g["windows/mask"][()])
+    return found
 
 
 def _brute_force_counts(centroids: np.ndarray, mask: np.ndarray, y0: int, x0: int, c: int) -> tuple[int, int]:
@@ -57,11 +66,16 @@ def test_items_equal_a_direct_computation_from_the_shards(shards, samples):
             want = torch.from_numpy(s[key][win]).permute(2, 0, 1).float() / 127.5 - 1
             assert item[key].shape == (3, CROP, CROP) and item[key].dtype == torch.float32
             torch.testing.assert_close(item[key], want, rtol=0, atol=1e-6)
-        mask = s["mask"][win]
+        origins, window_masks = s["windows"]
+        (k,) = np.flatnonzero((origins == [y0, x0]).all(axis=1))  # crops are the shard's training windows
+        mask = window_masks[k]
         np.testing.assert_array_equal(item["mask"][0].numpy(), mask.astype(np.float32))
+        np.testing.assert_array_equal(mask.astype(bool), mask_from_dab(dab_channel(s["ihc"][win]), MASK))
         want_dab = cv2.mean(s["dab"][win], mask=mask)[0] if mask.any() else 0.0
         assert item["dab_mean_in_mask"].item() == pytest.approx(want_dab, abs=5.01e-5)  # the shard's 1e-4 steps
-        in_crop, in_mask = _brute_force_counts(s["centroids"], s["mask"], y0, x0, CROP)
+        full = np.zeros_like(s["mask"])
+        full[win] = mask
+        in_crop, in_mask = _brute_force_counts(s["centroids"], full, y0, x0, CROP)
         assert (item["count_in_crop"].item(), item["count_in_mask"].item()) == (in_crop, in_mask)
         counted += in_mask
         other = samples[item["name_unpaired"]]
@@ -181,7 +195,7 @@ def test_keep_list_without_the_needed_columns_is_refused(tmp_path):
 def test_shards_that_cannot_train_are_refused_with_the_reason(shards, synth_data, tmp_path):
     with pytest.raises(ShardError, match="smaller than the 512 px crop"):
         ShardPairs(shards, crop=512)
-    build(detect(synth_data), tmp_path, BuildConfig(mask=MaskConfig(closing_radius=5), shard_size=8),
+    build(detect(synth_data), tmp_path, BuildConfig(mask=MaskConfig(closing_radius=5), shard_size=8, window=CROP),
           splits=["val"])
     with pytest.raises(ShardError, match="count-nuclei"):
         ShardPairs(sorted(tmp_path.rglob("shard-*.h5")), crop=CROP)

@@ -22,7 +22,8 @@ from atst_prep.sources import detect
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, synth_data) -> Path:
     out = tmp_path_factory.mktemp("train-shards")
-    build(detect(synth_data), out, BuildConfig(mask=MaskConfig(closing_radius=5), shard_size=4,
+    build(detect(synth_data), out, BuildConfig(mask=MaskConfig(closing_radius=5), shard_size=4, window=128,
+                                               window_stride=64,
                                                counter="classical"))
     return out / "mist-her2"
 
@@ -157,3 +158,48 @@ def test_train_command_runs_a_few_steps(shards, tmp_path):
                                       "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "sample grid" in result.output and (tmp_path / "run" / "log.csv").is_file()
+
+
+def test_each_active_aux_term_reaches_g1s_parameters(shards, tmp_path):
+    from atst_model.losses import TERMS
+
+    trainer = Trainer(_config(shards, tmp_path, max_steps=1, batch=2), device="cpu", resume=None, dist_info=Dist())
+    b = trainer._batch(next(iter(trainer.loader())))
+    out = trainer.aux(trainer.g1(b["he"]), b["ihc"], b["mask"], trainer.dab_target(b))
+    params = [p for p in trainer.g1.parameters() if p.requires_grad]
+    for k in TERMS:
+        assert out[k] > 0 and out[k].requires_grad, k
+        grads = torch.autograd.grad(out[k], params, retain_graph=True, allow_unused=True)
+        norm = torch.stack([g.norm() for g in grads if g is not None]).norm()
+        assert torch.isfinite(norm) and norm > 0, f"{k} does not reach G1"
+
+
+def test_g1s_running_statistics_describe_real_he_only(shards, tmp_path):
+    import copy
+
+    trainer = Trainer(_config(shards, tmp_path, max_steps=1, lambda_identity=1.0), device="cpu", resume=None,
+                      dist_info=Dist())
+    norms = [m for m in trainer.g1.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms, "the test needs a G1 with batch norm"
+    batch = next(iter(trainer.loader()))
+    reference = copy.deepcopy(trainer.g1).train()
+    with torch.no_grad():
+        reference(trainer._batch(batch)["he"])  # one forward on the real H&E: what the statistics must see
+    trainer.step(batch)  # also runs G1 on fake H&E (cycle) and on real IHC (identity)
+    want = dict(reference.named_buffers())
+    for name, buf in trainer.g1.named_buffers():
+        if "running_" in name:
+            torch.testing.assert_close(buf, want[name], msg=f"{name} moved by a pass on something else than H&E")
+
+
+def test_recipes_set_what_they_say():
+    from atst_model.train.config import RECIPES, with_recipe
+
+    paper = with_recipe(TrainerConfig(), "paper")
+    assert (paper.aux_weights, paper.lambda_identity, paper.aux_count_form) == ((60, 10, 10, 20, 1), 0, "poisson")
+    public = with_recipe(TrainerConfig(), "public-code")
+    assert (public.aux_weights, public.lambda_identity, public.aux_count_form, public.windows, public.epochs) == \
+        ((50, 100, 100, 1, 1), 10, "absolute", "tiled", 40)
+    assert set(RECIPES) == {"paper", "public-code"}
+    with pytest.raises(ValueError, match="paper, public-code"):
+        with_recipe(TrainerConfig(), "mine")

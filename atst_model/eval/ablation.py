@@ -87,14 +87,16 @@ def write_task(out: Path, budget: Budget, seed: int = 0) -> Path:
 
 def build_shards(root: Path, out: Path, budget: Budget, jobs: int = 1) -> Path:
     """``atst prep build-masks`` on the task (classical nucleus counter); returns the shard folder."""
-    config = BuildConfig(mask=MaskConfig(closing_radius=budget.closing_radius), shard_size=64, counter="classical")
+    config = BuildConfig(mask=MaskConfig(closing_radius=budget.closing_radius), shard_size=64, counter="classical",
+                         window=budget.crop, window_stride=budget.crop // 2)
     build(detect(Path(root).parents[1]), Path(out), config, jobs=jobs)
     return Path(out) / "mist-her2"
 
 
 def train_variant(shards: Path, out: Path, budget: Budget, weights: tuple[float, ...], seed: int,
                   device: str = "cpu", on_step: Callable[[int, dict], None] | None = None) -> Trainer:
-    """Train one variant from scratch; returns the trainer (its ``g1`` is the H&E -> IHC generator)."""
+    """Train one variant from scratch; returns the trainer (its ``g1`` is the H&E -> IHC generator,
+    its ``history`` the logged row of every step)."""
     g1, g2, d = budget.networks
     config = TrainerConfig(shards=str(shards), out=str(out), g1=g1, g2=g2, d=d, g1_mode=budget.g1_mode,
                            crop=budget.crop, batch=budget.batch, epochs=10_000, max_steps=budget.steps,
@@ -102,7 +104,7 @@ def train_variant(shards: Path, out: Path, budget: Budget, weights: tuple[float,
                            checkpoint_every=budget.steps, sample_every=budget.steps, log_every=10,
                            num_workers=1, pool_size=10, seed=seed)
     trainer = Trainer(config, device=device, resume=None, dist_info=Dist())
-    trainer.run(on_step=on_step)
+    trainer.history = trainer.run(on_step=on_step)
     return trainer
 
 

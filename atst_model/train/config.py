@@ -7,6 +7,10 @@ from pathlib import Path
 
 PRECISIONS = ("bf16", "fp32")
 
+#: The small G1 that ships with the package (``benchmarks/train_demo_g1.py``): g1-tiny trained on
+#: synthetic HER2-like pairs, so the demo shows a stain after a few CPU steps. Not for diagnosis.
+DEMO_G1 = Path(__file__).resolve().parents[1] / "weights" / "g1-tiny-synthetic.pt"
+
 
 @dataclass(frozen=True)
 class TrainerConfig:
@@ -28,6 +32,16 @@ class TrainerConfig:
     lambda_identity : weight of the identity loss (0: off, as in the paper).
     aux_weights : b1..b5 of L1..L5 (60, 10, 10, 20, 1 in the paper).
     aux_patches : n, the number of patches L2/L3 split the mask into.
+    aux_dab_units : L4's units, "gray" (darkness of the DAB rendering) or "od" (see :mod:`atst_model.losses.aux`).
+    aux_count_form : L5's form, "poisson" (in standard deviations of the crop's count), "relative"
+        (fraction of the crop's nuclei) or "absolute" (nuclei).
+    aux_temperature : width in gray units of the mask threshold's gradient.
+    recipe : the named recipe these settings came from (:data:`RECIPES`), for the record.
+    flips : draw one of the eight symmetries of the square per crop (H&E, IHC and mask together).
+    windows : "all" the shards' training windows, or "tiled" (non-overlapping ones only: the public
+        code's four fixed 512 crops per 1024 tile).
+    init_g1 : a checkpoint (``atst train`` run, or a file with a ``g1`` state dict) whose G1 weights
+        start a fresh run (fine-tuning; ignored when resuming).
     nuclei_weights : CPP-Net checkpoint for L5 (None: the bundled one).
     pool_size : image pool of the discriminators.
     precision : ``"bf16"`` (autocast on CUDA) or ``"fp32"``.
@@ -59,6 +73,13 @@ class TrainerConfig:
     lambda_identity: float = 0.0
     aux_weights: tuple[float, float, float, float, float] = (60.0, 10.0, 10.0, 20.0, 1.0)
     aux_patches: int = 16
+    aux_dab_units: str = "gray"
+    aux_count_form: str = "poisson"
+    aux_temperature: float = 0.2
+    recipe: str = "paper"
+    flips: bool = True
+    windows: str = "all"
+    init_g1: str | None = None
     nuclei_weights: str | None = None
     pool_size: int = 50
     precision: str = "bf16"
@@ -85,6 +106,10 @@ class TrainerConfig:
             "lambda_identity": self.lambda_identity >= 0,
             "aux_weights": len(self.aux_weights) == 5 and min(self.aux_weights) >= 0,
             "aux_patches": self.aux_patches >= 4, "pool_size": self.pool_size >= 0,
+            "aux_dab_units": self.aux_dab_units in ("gray", "od"),
+            "aux_count_form": self.aux_count_form in ("poisson", "relative", "absolute"),
+            "aux_temperature": 0 < self.aux_temperature <= 1, "recipe": self.recipe in RECIPES,
+            "windows": self.windows in ("all", "tiled"),
             "precision": self.precision in PRECISIONS, "checkpoint_every": self.checkpoint_every >= 1,
             "sample_every": self.sample_every >= 1, "log_every": self.log_every >= 1,
             "loader": self.loader in ("threads", "processes"), "num_workers": self.num_workers >= 0,
@@ -105,6 +130,31 @@ class TrainerConfig:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
+#: Named training recipes: the paper's text and the public ATST-Net code disagree, and nobody
+#: knows which produced Table 1, so both are offered (``atst train --recipe``).
+#:
+#: - ``paper`` (default): b = 60, 10, 10, 20, 1; no identity loss; random training windows
+#:   (nine 512 windows per 1024 tile) with flips; L4 in gray units, L5 in Poisson standard
+#:   deviations of the crop's count (our units, chosen so that no term drowns the others:
+#:   RESULTS.md, aux balance).
+#: - ``public-code``: b = 50, 100, 100, 1 and L5 = 100 x |count difference| / 100 (i.e. b5 = 1 on
+#:   the absolute difference); identity loss 10; 40 epochs over the four fixed 512 crops of each
+#:   tile, no flips.
+RECIPES: dict[str, dict] = {
+    "paper": dict(aux_weights=(60.0, 10.0, 10.0, 20.0, 1.0), lambda_identity=0.0, aux_dab_units="gray",
+                  aux_count_form="poisson", flips=True, windows="all", epochs=100),
+    "public-code": dict(aux_weights=(50.0, 100.0, 100.0, 1.0, 1.0), lambda_identity=10.0, aux_dab_units="gray",
+                        aux_count_form="absolute", flips=False, windows="tiled", epochs=40),
+}
+
+
+def with_recipe(config: TrainerConfig, name: str) -> TrainerConfig:
+    """``config`` with the settings of recipe ``name`` (an unknown name lists the valid ones)."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
+    return replace(config, recipe=name, **RECIPES[name])
+
+
 def _preset(dataset: str, name: str) -> TrainerConfig:
     keep = Path("data_manifests") / f"keep-{dataset}.csv"
     return TrainerConfig(shards=f"shards/{dataset}", out=f"runs/{name}",
@@ -118,10 +168,11 @@ PRESETS = {
     "pr": lambda: _preset("mist-pr", "pr"),
     "ki67": lambda: _preset("mist-ki67", "ki67"),
     "bci": lambda: _preset("bci", "bci"),
-    # the demo's synthetic shards, tiny networks, a few CPU steps
+    # the demo's synthetic shards, tiny networks, a few CPU steps fine-tuning the shipped synthetic-trained G1
     "demo": lambda: TrainerConfig(shards="demo/shards/mist-her2", out="demo/run", g1="g1-tiny", g2="g2-tiny",
                                   d="d-tiny", crop=256, max_steps=20, precision="fp32", checkpoint_every=10,
-                                  sample_every=10, log_every=1, num_workers=0, pool_size=10),
+                                  sample_every=10, log_every=1, num_workers=0, pool_size=10,
+                                  init_g1=str(DEMO_G1)),
 }
 
 
@@ -168,4 +219,4 @@ def resolve_preset(name: str) -> tuple[TrainerConfig, str | None]:
     return config, None
 
 
-__all__ = ["TrainerConfig", "PRESETS", "preset", "field"]
+__all__ = ["TrainerConfig", "PRESETS", "RECIPES", "preset", "with_recipe", "field"]

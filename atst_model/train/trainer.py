@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
+from ..losses import TERMS
 from ..losses_gan import cycle_loss, lsgan
 from . import state as st
 from .config import TrainerConfig
@@ -63,6 +64,27 @@ def _set_requires_grad(modules, flag: bool) -> None:
             p.requires_grad_(flag)
 
 
+@contextmanager
+def frozen_norm_stats(*modules):
+    """Batch-norm layers of ``modules`` normalise with batch statistics but leave their running ones alone.
+
+    G1's running statistics are used at inference on real H&E, so only G1(real
+    H&E) may move them: the cycle pass G1(G2(IHC)) and the identity pass G1(IHC)
+    run inside this block (likewise G2 on anything but real IHC). A momentum of
+    0 keeps ``running = (1 - 0) * running + 0 * batch`` unchanged.
+    """
+    layers = [m for mod in modules for m in mod.modules()
+              if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.training]
+    saved = [m.momentum for m in layers]
+    for m in layers:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(layers, saved):
+            m.momentum = momentum
+
+
 def _unwrap(model):
     model = getattr(model, "module", model)  # DDP
     return getattr(model, "_orig_mod", model)  # torch.compile
@@ -103,9 +125,17 @@ class Trainer:
         # M' must be the same function as prep's M: take Eq. 1's parameters from the shards
         mask_params = _shard_mask_params(paths)
         self.aux = AuxLosses(AuxLossConfig(weights=c.aux_weights, n_patches=c.aux_patches,
-                                           mask=MaskConfig(**mask_params), counter_weights=c.nuclei_weights))
+                                           mask=MaskConfig(**mask_params), counter_weights=c.nuclei_weights,
+                                           temperature=c.aux_temperature, dab_units=c.aux_dab_units,
+                                           count_form=c.aux_count_form))
         self.aux.to(self.device)
-        self.dataset = ShardPairs(paths, crop=c.crop, keep_list=c.keep_list, seed=c.seed, unpaired=True, raw=True)
+        self.dataset = ShardPairs(paths, crop=c.crop, keep_list=c.keep_list, seed=c.seed, unpaired=True, raw=True,
+                                  flips=c.flips, windows=c.windows)
+        if c.init_g1 and not resume_path:
+            try:
+                self.g1.load_state_dict(load_g1_state(c.init_g1))
+            except RuntimeError:
+                raise ValueError(f"{c.init_g1}: its G1 weights do not fit {c.g1} (another network config)") from None
         self.sampler = st.EpochOrder(len(self.dataset), seed=c.seed, rank=self.dist.rank, world=self.dist.world)
         self.steps_per_epoch = max(self.sampler.per_process() // c.batch, 1)
         self.total_steps = c.epochs * self.steps_per_epoch
@@ -156,20 +186,22 @@ class Trainer:
 
         _set_requires_grad([self.d_ihc, self.d_he], False)
         with self.autocast:
+            # running statistics: G1's from real H&E only, G2's from real IHC only
             fake_ihc = self.g1_train(he)
-            rec_he = self.g2_train(fake_ihc)
             fake_he = self.g2_train(ihc_unpaired)
-            rec_ihc = self.g1_train(fake_he)
+            with frozen_norm_stats(self.g1, self.g2):
+                rec_he = self.g2_train(fake_ihc)
+                rec_ihc = self.g1_train(fake_he)
             # the frozen discriminators run unwrapped: DDP must not wait for their (absent) gradients
             adv_g1 = lsgan(self.d_ihc(fake_ihc), True)
             adv_g2 = lsgan(self.d_he(fake_he), True)
         cyc = cycle_loss(rec_he, he) + cycle_loss(rec_ihc, ihc_unpaired)
         idt = torch.zeros((), device=self.device)
         if c.lambda_identity > 0:
-            with self.autocast:
+            with self.autocast, frozen_norm_stats(self.g1, self.g2):
                 idt = (self.g1_train(b["ihc"]) - b["ihc"]).abs().float().mean() + \
                       (self.g2_train(he) - he).abs().float().mean()
-        aux = self.aux(fake_ihc, b["mask"], b["dab_mean_in_mask"], b["count_in_mask"])
+        aux = self.aux(fake_ihc, b["ihc"], b["mask"], self.dab_target(b))
         loss_g = adv_g1 + adv_g2 + c.lambda_cycle * cyc + c.lambda_identity * idt + aux["total"]
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
@@ -191,8 +223,12 @@ class Trainer:
         self._last = {"he": he, "fake": fake_ihc.detach(), "ihc": b["ihc"], "mask": b["mask"]}
         losses = {"adv_g1": adv_g1, "adv_g2": adv_g2, "cycle": cyc, "identity": idt, "g_total": loss_g,
                   "d_ihc": loss_d_ihc, "d_he": loss_d_he}
-        losses.update({f"aux_{k}": v for k, v in aux.items()})
+        losses.update({f"aux_{k}": aux[k] for k in (*TERMS, "total")})
         return {k: float(v.detach()) for k, v in losses.items()}
+
+    def dab_target(self, batch: dict) -> torch.Tensor:
+        """L4's target from a batch, in the auxiliary losses' units."""
+        return batch["dab_darkness_in_mask"] if self.config.aux_dab_units == "gray" else batch["dab_mean_in_mask"]
 
     # ------------------------------------------------------------------ the loop
 
@@ -290,6 +326,16 @@ class Trainer:
             self.epoch, self.step_in_epoch = self.epoch + 1, 0
         st.set_rng_state(payload["rng"])
         log.info("resumed from %s (step %d, epoch %d)", path, self.step_count, self.epoch)
+
+
+def load_g1_state(path: str | Path) -> dict:
+    """G1's state dict from a training checkpoint (``models.g1``) or a file holding ``g1`` or the state dict."""
+    payload = st.load(Path(path))
+    if isinstance(payload, dict) and "models" in payload:
+        return payload["models"]["g1"]
+    if isinstance(payload, dict) and "g1" in payload:
+        return payload["g1"]
+    return payload
 
 
 def _shard_mask_params(paths: list[Path]) -> dict:
