@@ -12,6 +12,7 @@ export HF_HUB_OFFLINE := 1
 
 .DEFAULT_GOAL := help
 BIOMARKER ?= her2
+RECIPE ?= paper
 .PHONY: help env demo test test-fast bench train reproduce reproduce-check clean
 
 # `make reproduce`: where the datasets are, and what each BIOMARKER reads.
@@ -79,8 +80,8 @@ demo: $(STAMP) ## Synthetic pairs -> masks -> a short CPU training -> a stained 
 	@echo "Slide:    $(DEMO)/translated/CMU-Small-Region.tif  (tests/data/CMU-Small-Region.svs stained by the demo G1; pyramidal TIFF, opens in QuPath)"
 	@echo "Report:   $(DEMO)/eval/report.html  (metrics, histograms, best/median/worst; also summary.json, per_image.csv)"
 
-train: $(STAMP) ## Train ATST-Net on prep shards: make train BIOMARKER=her2 (er, pr, ki67, bci, demo)
-	$(BIN)/atst train --preset $(BIOMARKER) $(TRAIN_ARGS)
+train: $(STAMP) ## Train ATST-Net on prep shards: make train BIOMARKER=her2 (er, pr, ki67, bci, demo) [RECIPE=public-code]
+	$(BIN)/atst train --preset $(BIOMARKER) --recipe $(RECIPE) $(TRAIN_ARGS)
 
 # Checked before the environment is set up: one line and a stop when the data is not there.
 reproduce-check:
@@ -90,7 +91,7 @@ reproduce-check:
 reproduce: reproduce-check $(STAMP) ## MIST/BCI on disk -> prep, filter, train, stain the test split, eval vs Table 1: make reproduce BIOMARKER=her2 (er, pr, ki67, bci)
 	$(BIN)/atst prep build-masks --data $(R_ROOT) --out shards --dataset $(R_ID) --jobs $(JOBS)
 	$(if $(filter bci,$(BIOMARKER)),@echo "BCI: no misalignment filter (the paper uses all BCI pairs)",$(BIN)/atst prep filter-misaligned --shards shards/$(R_ID) $(FILTER_ARGS) --jobs $(JOBS))
-	$(BIN)/atst train --preset $(BIOMARKER) $(if $(ENCODER),--encoder-weights $(ENCODER)) $(TRAIN_ARGS)
+	$(BIN)/atst train --preset $(BIOMARKER) --recipe $(RECIPE) $(if $(ENCODER),--encoder-weights $(ENCODER)) $(TRAIN_ARGS)
 	@ckpt=$$(ls $(R_RUN)/checkpoints/step-*.pt 2>/dev/null | sort | tail -n 1); \
 	test -n "$$ckpt" || { echo "error: no checkpoint in $(R_RUN)/checkpoints"; exit 1; }; \
 	set -x; $(BIN)/atst translate "$$ckpt" $(R_HE) --out $(R_RUN)/test-fake

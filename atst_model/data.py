@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from atst_prep.errors import UserError
 from atst_prep.nuclei import count_in_mask
 from atst_prep.shards import SCHEMA, ShardError
 from atst_prep.stain import dab_channel, dab_gray
@@ -60,10 +61,10 @@ def read_keep_list(path: Path) -> tuple[set[str], set[tuple[str, str]] | None]:
             fields = reader.fieldnames or []
             missing = [c for c in ("name", "kept") if c not in fields]
             if missing:
-                raise ValueError(f"{path}: keep-list lacks column(s) {', '.join(missing)} (has {', '.join(fields)})")
+                raise UserError(f"{path}: keep-list lacks column(s) {', '.join(missing)} (has {', '.join(fields)})")
             rows = [r for r in reader if (r["kept"] or "").strip() in TRUE_VALUES]
     except OSError as exc:
-        raise ValueError(f"{path}: cannot read keep-list ({exc.strerror})") from None
+        raise UserError(f"{path}: cannot read keep-list ({exc.strerror})") from None
     names = {r["name"] for r in rows}
     split_names = {(r["split"], r["name"]) for r in rows} if "split" in fields else None
     return names, split_names
@@ -234,11 +235,11 @@ class ShardPairs(Dataset):
                  windows: str = "all") -> None:
         self.shard_paths = [str(p) for p in shard_paths]
         if not self.shard_paths:
-            raise ValueError("no shards given")
+            raise UserError("no shards given")
         if isinstance(crop, bool) or not isinstance(crop, (int, np.integer)) or crop < 1:
-            raise ValueError(f"crop must be a positive integer (px), got {crop!r}")
+            raise UserError(f"crop must be a positive integer (px), got {crop!r}")
         if windows not in ("all", "tiled"):
-            raise ValueError(f"windows must be 'all' or 'tiled', got {windows!r}")
+            raise UserError(f"windows must be 'all' or 'tiled', got {windows!r}")
         self.crop, self.seed, self.unpaired, self.raw, self.epoch = int(crop), int(seed), bool(unpaired), bool(raw), 0
         self.flips, self.windows = bool(flips), windows
         kept = read_keep_list(Path(keep_list)) if keep_list is not None else None
@@ -257,7 +258,7 @@ class ShardPairs(Dataset):
                     self._windows.append(np.column_stack([index, origins[index]]))
         if not samples:
             where = f" by keep-list {keep_list}" if kept is not None else ""
-            raise ValueError(f"no sample kept{where} in {len(self.shard_paths)} shard(s)")
+            raise UserError(f"no sample kept{where} in {len(self.shard_paths)} shard(s)")
         self.samples = samples  # (shard index, sample key, name, height, width)
         self._files: dict[int, h5py.File] = {}
         self._datasets: dict[tuple[int, str], tuple[h5py.Dataset, ...]] = {}

@@ -13,6 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .errors import UserError
+
 # Byte patterns that open and close the formats we check for truncation.
 _JPEG_SOI, _JPEG_EOI = b"\xff\xd8", b"\xff\xd9"
 _PNG_SIGNATURE, _PNG_IEND = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
@@ -21,7 +23,7 @@ _PNG_SIGNATURE, _PNG_IEND = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
 TISSUE_OD = 0.15
 
 
-class InputError(ValueError):
+class InputError(UserError):
     """An input file that cannot be used; ``str()`` is ``"<path>: <reason>"``."""
 
     def __init__(self, path: Path | str, reason: str) -> None:

@@ -19,17 +19,29 @@ from .runner import BuildError
 MANIFEST = "manifest.json"
 
 
+#: Version of the manifest layout this package writes and reads.
+MANIFEST_VERSION = 1
+
+
 def read_manifest(path: Path) -> dict:
     """Load a manifest (``path`` may be the file or its folder)."""
     path = Path(path)
     if path.is_dir():
         path = path / MANIFEST
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except FileNotFoundError:
         raise BuildError(f"{path}: no manifest (run 'atst prep build-masks' first)") from None
     except json.JSONDecodeError as exc:
         raise BuildError(f"{path}: manifest is not valid JSON ({exc})") from None
+    except UnicodeDecodeError:
+        raise BuildError(f"{path}: not a manifest (not text)") from None
+    if not isinstance(manifest, dict) or manifest.get("schema") != "atst-manifest":
+        raise BuildError(f"{path}: not an atst manifest (no schema 'atst-manifest')")
+    if manifest.get("schema_version") != MANIFEST_VERSION or not isinstance(manifest.get("splits"), dict):
+        raise BuildError(f"{path}: manifest schema version {manifest.get('schema_version')!r}, this atst reads "
+                         f"{MANIFEST_VERSION}; rebuild with 'atst prep build-masks --overwrite'")
+    return manifest
 
 
 def find_manifests(root: Path) -> list[Path]:
@@ -71,7 +83,7 @@ def dataset_manifest(plan, params: dict) -> dict:
             "ignored_files": [str(p) for p in listing.ignored],
         }
     return {
-        "schema": "atst-manifest", "schema_version": 1, "package_version": __version__,
+        "schema": "atst-manifest", "schema_version": MANIFEST_VERSION, "package_version": __version__,
         "dataset_id": plan.source.id, "kind": plan.source.kind, "marker": plan.source.marker,
         "source_root": str(plan.source.root), "params": params, "splits": splits,
     }

@@ -7,10 +7,12 @@ import os
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+from .errors import UserError
+
 BACKENDS = ("joblib", "dask")
 
 
-class BuildError(RuntimeError):
+class BuildError(UserError, RuntimeError):
     """A build that cannot proceed (locked folder, conflicting shards, no cluster); one line."""
 
 

@@ -75,6 +75,7 @@ import h5py
 import numpy as np
 
 from . import __version__
+from .errors import UserError
 
 SCHEMA = "atst-shard"
 SCHEMA_VERSION = 2
@@ -93,7 +94,7 @@ ALIGNMENT_ATTRS = ("shift_x", "shift_y", "rotation", "similarity", "overlap", "s
 REGISTERED_KEYS = {"mask_registered": "mask", "dab_registered": "dab"}
 
 
-class ShardError(ValueError):
+class ShardError(UserError):
     """A shard that does not follow the schema; ``str()`` names the file."""
 
 

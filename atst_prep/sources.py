@@ -14,6 +14,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
 
+from .errors import UserError
+
 __all__ = ["IMAGE_EXTENSIONS", "KNOWN_IDS", "MIST_MARKERS", "DatasetDescriptor", "DatasetSource", "Pair",
            "SourceError", "SplitListing", "count_mismatch", "descriptor_dir", "detect", "load_descriptor"]
 
@@ -40,7 +42,7 @@ _EXPECTED = (
 )
 
 
-class SourceError(ValueError):
+class SourceError(UserError):
     """A folder holds no recognised dataset, or a request does not fit the dataset."""
 
 
@@ -325,8 +327,10 @@ def _count(value: object) -> bool:
 
 
 def descriptor_dir() -> Path:
-    """The repository's ``data_manifests/datasets`` folder."""
-    return Path(__file__).resolve().parents[1] / "data_manifests" / "datasets"
+    """The ``data_manifests/datasets`` folder (shipped in the package as ``atst_manifests``)."""
+    from .resources import manifests_dir
+
+    return manifests_dir() / "datasets"
 
 
 def load_descriptor(dataset_id: str, directory: Path | None = None) -> DatasetDescriptor | None:

@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from atst_prep.errors import UserError
+
 #: Messages and progress go to stderr so stdout stays clean for results.
 console = Console(stderr=True, highlight=False)
 
@@ -28,17 +30,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 warnings.showwarning = _show_warning
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    from atst_prep.build import BuildError
-    from atst_prep.images import InputError
-    from atst_prep.nuclei.store import CounterError
-    from atst_prep.shards import ShardError
-    from atst_prep.sources import SourceError
-
-    return (BuildError, CounterError, InputError, ShardError, SourceError, ConfigError)
-
-
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """Invalid parameters given on the command line."""
 
 
@@ -63,7 +55,7 @@ def command(func: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except _user_errors() as exc:
+        except UserError as exc:
             raise fail(str(exc)) from None
         except OSError as exc:  # unwritable folder, disk full: the user's to fix, no traceback
             where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
@@ -73,6 +65,20 @@ def command(func: Callable) -> Callable:
             raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper
+
+
+def writable_folder(folder) -> None:
+    """Create ``folder`` (and its parents) now and check a file can be written in it, before any long work.
+
+    Raises OSError naming the folder (one line through :func:`command`).
+    """
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".atst-write-check-"):
+        pass
 
 
 def default_jobs() -> int:

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ._common import command, console, make_config, progress_bar
+from ._common import command, console, make_config, progress_bar, writable_folder
 from .prep import app
 
 
@@ -39,6 +39,7 @@ def train_nuclei(
     if config not in CONFIGS:
         raise typer.BadParameter(f"unknown config {config!r}; choose {', '.join(CONFIGS)}", param_hint="--config")
     model_config = CONFIGS[config]
+    writable_folder(out.parent)  # before training, not after
     train_config = make_config(TrainConfig, steps=steps, batch=batch, crop=crop, lr=lr, seed=seed)
     console.print(f"rendering {synthetic} synthetic tiles ({synthetic_size} px)")
     tiles = synthetic_tiles(synthetic, size=synthetic_size, seed=seed, in_channels=model_config.in_channels)

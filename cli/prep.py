@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ._common import EXIT_ERROR, EXIT_REJECTED, command, console, default_jobs, fail, make_config, progress_bar
+from ._common import EXIT_REJECTED, command, console, default_jobs, fail, make_config, progress_bar
 
 app = typer.Typer(help="Offline preparation: masks and stain channels into HDF5 shards.", no_args_is_help=True)
 
@@ -223,8 +223,8 @@ def verify(
 
     report = run_verify(shards)
     for problem in report.problems:
-        console.print(f"[red]problem[/] {problem}")
+        console.print(f"[red]problem[/] {problem}", soft_wrap=True)
     typer.echo(f"{report.shards_ok} shards OK, {len(report.problems)} problems "
                f"({len(report.manifests)} manifest{'s' * (len(report.manifests) != 1)})")
     if report.problems:
-        raise typer.Exit(EXIT_ERROR)
+        raise fail(f"{shards}: {len(report.problems)} problem(s), the first: {report.problems[0]}")

@@ -52,7 +52,7 @@ def train(
 ) -> None:
     """Train ATST-Net: CycleGAN (G1 H&E->IHC, G2 IHC->H&E, PatchGAN D_IHC, D_HE) plus L1-L5 from the shards.
 
-    Multi-GPU / multi-node: run under torchrun (e.g. 'torchrun --nproc-per-node 8 -m cli.main train ...').
+    Multi-GPU / multi-node: run under torchrun (e.g. 'torchrun --nproc-per-node 8 -m atst_cli.main train ...').
     Resumes from the run folder's latest checkpoint unless --resume none.
     """
     from atst_model.train.config import preset as named_preset

@@ -40,17 +40,14 @@ def translate_command(
     import torch
 
     from atst_model.infer.slide import count_slide_windows, is_slide, translate_slide
-    from atst_model.infer.translate import FORMATS, expand_inputs, load_generator, translate_folder
+    from atst_model.infer.translate import FORMATS, TileSizeError, expand_inputs, load_generator, translate_folder
 
     if fmt not in FORMATS:
         raise fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if batch < 1 or tile < 1 or not 0 <= overlap <= tile // 2:
         raise fail(f"need --batch >= 1, --tile >= 1 and 0 <= --overlap <= tile / 2 (got {batch}, {tile}, {overlap})")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        net = load_generator(checkpoint, direction, device)
-    except (FileNotFoundError, ValueError) as exc:
-        raise fail(str(exc)) from None
+    net = load_generator(checkpoint, direction, device)  # a user error: one line (command)
 
     files, missing = expand_inputs(inputs)
     for folder in (p for p in inputs if p.is_dir()):  # scanner formats are not in the image suffixes
@@ -76,9 +73,9 @@ def translate_command(
                 target = out / f"{path.stem}.tif"
                 try:
                     grow(count_slide_windows(path, tile, overlap, net))
+                except TileSizeError:
+                    raise
                 except ValueError as exc:
-                    if str(exc).startswith("--tile"):
-                        raise
                     slide_rejected.append(f"{path}: {exc}")
                     continue
                 except Exception as exc:  # an unreadable TIFF: tifffile / imagecodecs raise their own types
@@ -87,9 +84,9 @@ def translate_command(
                 try:
                     res = translate_slide(net, path, target, tile=tile, overlap=overlap,
                                           batch=batch, device=device, on_tiles=lambda n: bar.advance(task, n))
+                except TileSizeError:
+                    raise
                 except ValueError as exc:
-                    if str(exc).startswith("--tile"):
-                        raise
                     slide_rejected.append(f"{path}: {exc}")
                     continue
                 except OSError as exc:
@@ -102,7 +99,7 @@ def translate_command(
                                           f"({type(exc).__name__}: {exc})")
                     continue
                 slide_out.append(res)
-        except ValueError as exc:  # a --tile the network cannot take
+        except TileSizeError as exc:  # a --tile the network cannot take
             raise fail(str(exc)) from None
     written = (result.written if result else []) + [r.path for r in slide_out]
     rejected = missing + (result.rejected if result else []) + slide_rejected

@@ -18,9 +18,9 @@ import torch
 from skimage.color import hed2rgb, rgb2hed
 from typer.testing import CliRunner
 
-from atst_model.data import ShardPairs, dihedral, to_unit
+from atst_model.data import ShardPairs, dihedral
 from atst_model.losses import TERMS, AuxLossConfig, AuxLosses
-from atst_model.train.check import TOLERANCES, check_targets
+from atst_model.train.check import TOLERANCES
 from atst_prep.build import BuildConfig, build
 from atst_prep.mask import MaskConfig, mask_from_dab, window_masks, window_origins
 from atst_prep.sources import detect

@@ -13,7 +13,13 @@ from atst_prep.images import InputError
 
 __all__ = ["METRICS", "TABLE_FILE", "compare", "names", "ours_by_metric"]
 
-TABLE_FILE = Path(__file__).resolve().parents[2] / "data_manifests" / "published" / "atst-net-table1.toml"
+def _table_file() -> Path:
+    from atst_prep.resources import manifests_dir
+
+    return manifests_dir() / "published" / "atst-net-table1.toml"
+
+
+TABLE_FILE = _table_file()
 
 #: The table's columns, in its order: key, label shown in the report.
 METRICS = (("psnr", "PSNR"), ("ssim", "SSIM"), ("css", "CSS"), ("phv_layer1", "PHV layer1"),
@@ -26,7 +32,7 @@ def _load(path: Path | None = None) -> dict:
     try:
         return tomllib.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise InputError(file, "published table not found (it ships with the repository)") from None
+        raise InputError(file, "published table not found (it ships in the package as atst_manifests)") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InputError(file, f"not a valid TOML file: {exc}") from None
 

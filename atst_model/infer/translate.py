@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from atst_prep.errors import UserError
+
 from .stitch import Canvas, blend_weights, read_window, tile_grid
 
 DIRECTIONS = {"he2ihc": "g1", "ihc2he": "g2"}
@@ -32,7 +34,7 @@ def load_generator(checkpoint: Path | str, direction: str = "he2ihc", device: st
     ------
     FileNotFoundError
         No such file (one-line message).
-    ValueError
+    UserError
         Unknown direction, not a trainer checkpoint, or weights that do not fit the named network.
     """
     from ..networks import create_network
@@ -40,12 +42,12 @@ def load_generator(checkpoint: Path | str, direction: str = "he2ihc", device: st
     from ..train.state import load
 
     if direction not in DIRECTIONS:
-        raise ValueError(f"unknown direction {direction!r}; valid: {', '.join(DIRECTIONS)}")
+        raise UserError(f"unknown direction {direction!r}; valid: {', '.join(DIRECTIONS)}")
     payload = load(checkpoint)
     key = DIRECTIONS[direction]
     models, config = payload.get("models"), payload.get("config")
     if not isinstance(models, dict) or key not in models or not isinstance(config, dict):
-        raise ValueError(f"{checkpoint}: not a trainer checkpoint (no config or no {key} weights)")
+        raise UserError(f"{checkpoint}: not a trainer checkpoint (no config or no {key} weights)")
     c = TrainerConfig.from_dict(config)
     with warnings.catch_warnings():  # "no encoder weights": we restore every weight just below
         warnings.simplefilter("ignore")
@@ -54,8 +56,12 @@ def load_generator(checkpoint: Path | str, direction: str = "he2ihc", device: st
         net.load_state_dict(models[key])
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
-        raise ValueError(f"{checkpoint}: {key} weights do not fit {c.g1 if key == 'g1' else c.g2} ({first})") from None
+        raise UserError(f"{checkpoint}: {key} weights do not fit {c.g1 if key == 'g1' else c.g2} ({first})") from None
     return net.to(device).eval()
+
+
+class TileSizeError(UserError):
+    """A ``--tile`` the network cannot take: the same for every input, so a run stops at once."""
 
 
 def input_geometry(net: nn.Module) -> tuple[int, int]:
@@ -72,7 +78,7 @@ def effective_tile(h: int, w: int, tile: int, overlap: int, net: nn.Module) -> i
     """The window side: ``tile``, or smaller for small images (one window then covers the image), never below the net's minimum."""
     multiple, min_side = input_geometry(net)
     if tile % multiple or tile < min_side:
-        raise ValueError(f"--tile {tile} does not suit this network (needs a multiple of {multiple}, >= {min_side})")
+        raise TileSizeError(f"--tile {tile} does not suit this network (needs a multiple of {multiple}, >= {min_side})")
     need = -(-(max(h, w) + 2 * overlap) // multiple) * multiple  # one window + reflected margins
     return max(min(tile, need), min_side, 2 * overlap)
 

@@ -18,6 +18,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from atst_prep.errors import UserError
+
 from ..losses import TERMS, AuxLossConfig, AuxLosses
 
 __all__ = ["TOLERANCES", "TargetCheck", "check_targets"]
@@ -75,7 +77,7 @@ def check_targets(shards: str | Path, *, n: int = 64, crop: int | None = None, k
     from .trainer import _shard_mask_params, shard_paths
 
     if n < 1:
-        raise ValueError(f"--n must be >= 1, got {n}")
+        raise UserError(f"--n must be >= 1, got {n}")
     paths = shard_paths(shards)
     crop = crop or _shard_window(paths) or 512
     aux = AuxLosses(AuxLossConfig(mask=MaskConfig(**_shard_mask_params(paths)), counter_weights=nuclei_weights,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from atst_prep.errors import UserError
+
 PRECISIONS = ("bf16", "fp32")
 
 #: The small G1 that ships with the package (``benchmarks/train_demo_g1.py``): g1-tiny trained on
@@ -116,7 +118,7 @@ class TrainerConfig:
         }
         bad = [f"{k}={getattr(self, k)!r}" for k, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(f"invalid training settings: {', '.join(bad)}")
+            raise UserError(f"invalid training settings: {', '.join(bad)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -151,7 +153,7 @@ RECIPES: dict[str, dict] = {
 def with_recipe(config: TrainerConfig, name: str) -> TrainerConfig:
     """``config`` with the settings of recipe ``name`` (an unknown name lists the valid ones)."""
     if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
+        raise UserError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
     return replace(config, recipe=name, **RECIPES[name])
 
 
@@ -180,7 +182,7 @@ def preset(name: str) -> TrainerConfig:
     """The preset ``name`` (her2, er, pr, ki67, bci, demo); an unknown name lists the valid ones."""
     key = name.lower()
     if key not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        raise UserError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[key]()
 
 

@@ -16,6 +16,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from atst_prep.errors import UserError
+
 FORMAT = "atst-trainer"
 VERSION = 1
 
@@ -51,16 +53,16 @@ def save(path: Path, payload: dict) -> None:
 
 
 def load(path: Path) -> dict:
-    """Read a trainer checkpoint; FileNotFoundError / ValueError with one clear line otherwise."""
+    """Read a trainer checkpoint; FileNotFoundError / UserError with one clear line otherwise."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__})") from None
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an ATST trainer checkpoint")
+        raise UserError(f"{path}: not an ATST trainer checkpoint")
     return payload
 
 

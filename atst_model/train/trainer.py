@@ -21,6 +21,8 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
+from atst_prep.errors import UserError
+
 from ..losses import TERMS
 from ..losses_gan import cycle_loss, lsgan
 from . import state as st
@@ -135,7 +137,7 @@ class Trainer:
             try:
                 self.g1.load_state_dict(load_g1_state(c.init_g1))
             except RuntimeError:
-                raise ValueError(f"{c.init_g1}: its G1 weights do not fit {c.g1} (another network config)") from None
+                raise UserError(f"{c.init_g1}: its G1 weights do not fit {c.g1} (another network config)") from None
         self.sampler = st.EpochOrder(len(self.dataset), seed=c.seed, rank=self.dist.rank, world=self.dist.world)
         self.steps_per_epoch = max(self.sampler.per_process() // c.batch, 1)
         self.total_steps = c.epochs * self.steps_per_epoch
@@ -344,7 +346,7 @@ def _shard_mask_params(paths: list[Path]) -> dict:
 
     found = {json_key(read_header(p)["params"]["mask"]) for p in paths}
     if len(found) != 1:
-        raise ValueError(f"the shards were built with {len(found)} different mask settings; train on one set")
+        raise UserError(f"the shards were built with {len(found)} different mask settings; train on one set")
     return dict(json.loads(found.pop()))
 
 

@@ -59,10 +59,10 @@ def identity(config: AlignConfig) -> dict:
 
 
 def keep_list_dir() -> Path:
-    """The repository's ``data_manifests/`` (where keep-lists go by default)."""
-    from ..sources import descriptor_dir
+    """Where keep-lists go by default: the checkout's ``data_manifests/``, or ``./data_manifests`` when installed."""
+    from ..resources import in_checkout, manifests_dir
 
-    return descriptor_dir().parent
+    return manifests_dir() if in_checkout() else Path("data_manifests")
 
 
 # --------------------------------------------------------------------------- pass 1: score (a worker)

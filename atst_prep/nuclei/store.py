@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..errors import UserError
 from ..manifest import MANIFEST, find_manifests, param_diff, read_manifest, write_manifest_file
 from ..rewrite import rewrite_shard
 from ..runner import BuildError, FolderLock, run_tasks
@@ -37,7 +38,7 @@ from . import make_counter
 NO_COUNTER = "none"
 
 
-class CounterError(ValueError):
+class CounterError(UserError):
     """A counter that cannot be made (unknown name, missing or unusable weights); one line."""
 
 
