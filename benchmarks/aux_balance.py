@@ -87,6 +87,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="training steps between the two measurements")
     parser.add_argument("--batches", type=int, default=4, help="batches averaged per measurement")
     parser.add_argument("--forms", action="store_true", help="also L4 in OD and L5 absolute at the paper's weights")
+    parser.add_argument("--temperatures", default="", help="also measure the paper recipe at these mask-threshold "
+                        "temperatures (comma-separated, gray units)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "aux_balance.json")
     args = parser.parse_args()
     budget = A.CPU_BUDGET
@@ -107,9 +109,19 @@ def main() -> None:
             config = replace(with_recipe(base, name.split(",")[0]), max_steps=args.steps, **extra)
             trainer = Trainer(config, device="cpu", resume=None, dist_info=Dist())
             batches = [b for _, b in zip(range(args.batches), trainer.loader())]
-            results = {"init": grad_norms(trainer, batches)}
+            taus = [float(t) for t in args.temperatures.split(",") if t] if name == "paper" else []
+
+            def measure(when: str) -> None:
+                results[when] = grad_norms(trainer, batches)
+                for tau in taus:
+                    trainer.aux.config = replace(trainer.aux.config, temperature=tau)
+                    results[f"{when}, temperature {tau}"] = grad_norms(trainer, batches)
+                trainer.aux.config = replace(trainer.aux.config, temperature=config.aux_temperature)
+
+            results: dict[str, dict[str, float]] = {}
+            measure("init")
             trainer.run()
-            results[f"after {args.steps} steps"] = grad_norms(trainer, batches)
+            measure(f"after {args.steps} steps")
             text = table(name, results)
             print(text + "\n", flush=True)
             report["recipes"][name] = {"config": {k: getattr(config, k) for k in (

@@ -37,9 +37,9 @@ from atst_prep.sources import detect  # noqa: E402
 from atst_prep.synth import SynthConfig, write_dataset  # noqa: E402
 
 
-def make_shards(root: Path, pairs: int) -> list[Path]:
+def make_shards(root: Path, pairs: int, crop: int = 512) -> list[Path]:
     write_dataset(root / "data", n_train=pairs, n_val=0, config=SynthConfig(size=1024), marker="HER2", seed=5)
-    config = BuildConfig(mask=MaskConfig(closing_radius=30), shard_size=4, counter="classical")
+    config = BuildConfig(mask=MaskConfig(closing_radius=30), shard_size=4, counter="classical", window=crop)
     build(detect(root / "data"), root / "shards", config, jobs=2)
     return sorted((root / "shards").rglob("shard-*.h5"))
 
@@ -77,7 +77,7 @@ def main() -> None:
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     with tempfile.TemporaryDirectory() as tmp:
-        paths = sorted(args.shards.rglob("shard-*.h5")) if args.shards else make_shards(Path(tmp), args.pairs)
+        paths = sorted(args.shards.rglob("shard-*.h5")) if args.shards else make_shards(Path(tmp), args.pairs, args.crop)
         rows = []
         for raw in (False, True):
             ds = ShardPairs(paths, crop=args.crop, seed=0, raw=raw)

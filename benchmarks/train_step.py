@@ -92,7 +92,7 @@ def main() -> None:
         tmp = Path(tmp)
         write_dataset(tmp / "data", n_train=4, n_val=0, config=SynthConfig(size=size), seed=5)
         build(detect(tmp / "data"), tmp / "shards", BuildConfig(mask=MaskConfig(closing_radius=30), shard_size=4,
-                                                                 counter="classical"))
+                                                                 counter="classical", window=crop))
         base = TrainerConfig(shards=str(tmp / "shards" / "mist-her2"), out=str(tmp / "run"), crop=crop,
                              num_workers=0, checkpoint_every=10**9, sample_every=10**9, **nets)
         results = {"device": name, "crop": crop, "networks": nets}

@@ -36,6 +36,8 @@ def train(
                                "|count difference|, identity 10, 40 epochs over 4 fixed crops per tile). "
                                "Options given below override it."),
     aux_weights: Optional[str] = typer.Option(None, help="b1..b5 of L1..L5 as 'b1,b2,b3,b4,b5' (the recipe's)."),
+    aux_warmup: Optional[int] = typer.Option(None, help="Steps over which L1-L5's weight ramps from 0 to 1 "
+                                             "(0: full weight from the start)."),
     init_g1: Optional[Path] = typer.Option(None, help="Start G1 from these weights (a run's checkpoint or a "
                                            "G1 file), e.g. to fine-tune; ignored when resuming."),
     precision: Optional[str] = typer.Option(None, help="bf16 (autocast, GPU) or fp32."),
@@ -72,7 +74,7 @@ def train(
         except ValueError:
             raise fail(f"--aux-weights must be five numbers separated by commas, got {aux_weights!r}") from None
     base = make_config(with_recipe, base, recipe)
-    overrides = dict(init_g1=init_g1, shards=shards, out=out, g1=g1, g1_mode=g1_mode, g2=g2, d=d, encoder_weights=encoder_weights,
+    overrides = dict(aux_warmup=aux_warmup, init_g1=init_g1, shards=shards, out=out, g1=g1, g1_mode=g1_mode, g2=g2, d=d, encoder_weights=encoder_weights,
                      nuclei_weights=nuclei_weights, keep_list=keep_list, crop=crop, batch=batch, epochs=epochs,
                      max_steps=max_steps, lr=lr, lambda_cycle=lambda_cycle, lambda_identity=lambda_identity,
                      aux_weights=weights, precision=precision, compile=compile, checkpoint_every=checkpoint_every,

@@ -203,3 +203,12 @@ def test_recipes_set_what_they_say():
     assert set(RECIPES) == {"paper", "public-code"}
     with pytest.raises(ValueError, match="paper, public-code"):
         with_recipe(TrainerConfig(), "mine")
+
+
+def test_aux_warmup_ramps_the_auxiliary_weight_linearly():
+    from types import SimpleNamespace
+
+    config = TrainerConfig(aux_warmup=4, aux_scale=0.5)
+    factors = [Trainer.aux_factor(SimpleNamespace(config=config, step_count=s)) for s in range(7)]
+    assert factors == [0.0, 0.125, 0.25, 0.375, 0.5, 0.5, 0.5]
+    assert Trainer.aux_factor(SimpleNamespace(config=TrainerConfig(), step_count=0)) == 1.0

@@ -71,10 +71,14 @@ class Budget:
     g1_mode: str
     precision: str
     lr: float = 2e-4
+    aux_warmup: int = 0
 
 
-CPU_BUDGET = Budget(TASK, closing_radius=10, n_train=48, n_test=16, steps=200, batch=4, crop=96,
-                    networks=("g1-tiny", "g2-tiny", "d-tiny"), g1_mode="native", precision="fp32", lr=1e-3)
+#: CPU: 400 steps with the auxiliary losses ramped in over the first 200 (from step 0 they stop the
+#: GAN from learning the stain's look on so short a budget: RESULTS.md, synthetic ablation).
+CPU_BUDGET = Budget(TASK, closing_radius=10, n_train=48, n_test=16, steps=400, batch=4, crop=96,
+                    networks=("g1-tiny", "g2-tiny", "d-tiny"), g1_mode="native", precision="fp32", lr=1e-3,
+                    aux_warmup=200)
 GPU_BUDGET = Budget(FULL_TASK, closing_radius=30, n_train=400, n_test=100, steps=4000, batch=8, crop=512,
                     networks=("g1-vitb", "g2-resunet", "d-patchgan"), g1_mode="native", precision="bf16")
 
@@ -94,15 +98,15 @@ def build_shards(root: Path, out: Path, budget: Budget, jobs: int = 1) -> Path:
 
 
 def train_variant(shards: Path, out: Path, budget: Budget, weights: tuple[float, ...], seed: int,
-                  device: str = "cpu", on_step: Callable[[int, dict], None] | None = None) -> Trainer:
+                  device: str = "cpu", on_step: Callable[[int, dict], None] | None = None, **overrides) -> Trainer:
     """Train one variant from scratch; returns the trainer (its ``g1`` is the H&E -> IHC generator,
-    its ``history`` the logged row of every step)."""
+    its ``history`` the logged row of every step). ``overrides`` are further :class:`TrainerConfig` fields."""
     g1, g2, d = budget.networks
     config = TrainerConfig(shards=str(shards), out=str(out), g1=g1, g2=g2, d=d, g1_mode=budget.g1_mode,
                            crop=budget.crop, batch=budget.batch, epochs=10_000, max_steps=budget.steps,
                            lr=budget.lr, aux_weights=weights, precision=budget.precision,
                            checkpoint_every=budget.steps, sample_every=budget.steps, log_every=10,
-                           num_workers=1, pool_size=10, seed=seed)
+                           num_workers=1, pool_size=10, seed=seed, aux_warmup=budget.aux_warmup, **overrides)
     trainer = Trainer(config, device=device, resume=None, dist_info=Dist())
     trainer.history = trainer.run(on_step=on_step)
     return trainer

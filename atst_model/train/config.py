@@ -38,6 +38,9 @@ class TrainerConfig:
     aux_count_form : L5's form, "poisson" (in standard deviations of the crop's count), "relative"
         (fraction of the crop's nuclei) or "absolute" (nuclei).
     aux_temperature : width in gray units of the mask threshold's gradient.
+    aux_warmup : steps over which the auxiliary losses' weight rises linearly from 0 to 1
+        (0: full weight from the first step).
+    aux_scale : one factor on all five auxiliary weights (1: the weights as given).
     recipe : the named recipe these settings came from (:data:`RECIPES`), for the record.
     flips : draw one of the eight symmetries of the square per crop (H&E, IHC and mask together).
     windows : "all" the shards' training windows, or "tiled" (non-overlapping ones only: the public
@@ -78,6 +81,8 @@ class TrainerConfig:
     aux_dab_units: str = "gray"
     aux_count_form: str = "poisson"
     aux_temperature: float = 0.2
+    aux_warmup: int = 0
+    aux_scale: float = 1.0
     recipe: str = "paper"
     flips: bool = True
     windows: str = "all"
@@ -111,7 +116,8 @@ class TrainerConfig:
             "aux_dab_units": self.aux_dab_units in ("gray", "od"),
             "aux_count_form": self.aux_count_form in ("poisson", "relative", "absolute"),
             "aux_temperature": 0 < self.aux_temperature <= 1, "recipe": self.recipe in RECIPES,
-            "windows": self.windows in ("all", "tiled"),
+            "windows": self.windows in ("all", "tiled"), "aux_warmup": self.aux_warmup >= 0,
+            "aux_scale": 0 <= self.aux_scale < 1e6,
             "precision": self.precision in PRECISIONS, "checkpoint_every": self.checkpoint_every >= 1,
             "sample_every": self.sample_every >= 1, "log_every": self.log_every >= 1,
             "loader": self.loader in ("threads", "processes"), "num_workers": self.num_workers >= 0,
@@ -174,7 +180,7 @@ PRESETS = {
     "demo": lambda: TrainerConfig(shards="demo/shards/mist-her2", out="demo/run", g1="g1-tiny", g2="g2-tiny",
                                   d="d-tiny", crop=256, max_steps=20, precision="fp32", checkpoint_every=10,
                                   sample_every=10, log_every=1, num_workers=0, pool_size=10,
-                                  init_g1=str(DEMO_G1)),
+                                  init_g1=str(DEMO_G1), aux_warmup=10),
 }
 
 

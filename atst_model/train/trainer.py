@@ -204,7 +204,7 @@ class Trainer:
                 idt = (self.g1_train(b["ihc"]) - b["ihc"]).abs().float().mean() + \
                       (self.g2_train(he) - he).abs().float().mean()
         aux = self.aux(fake_ihc, b["ihc"], b["mask"], self.dab_target(b))
-        loss_g = adv_g1 + adv_g2 + c.lambda_cycle * cyc + c.lambda_identity * idt + aux["total"]
+        loss_g = adv_g1 + adv_g2 + c.lambda_cycle * cyc + c.lambda_identity * idt + self.aux_factor() * aux["total"]
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
@@ -227,6 +227,12 @@ class Trainer:
                   "d_ihc": loss_d_ihc, "d_he": loss_d_he}
         losses.update({f"aux_{k}": aux[k] for k in (*TERMS, "total")})
         return {k: float(v.detach()) for k, v in losses.items()}
+
+    def aux_factor(self) -> float:
+        """The auxiliary losses' weight factor at this step: ``aux_scale``, ramped up over ``aux_warmup`` steps."""
+        c = self.config
+        ramp = min(1.0, self.step_count / c.aux_warmup) if c.aux_warmup else 1.0
+        return c.aux_scale * ramp
 
     def dab_target(self, batch: dict) -> torch.Tensor:
         """L4's target from a batch, in the auxiliary losses' units."""
