@@ -384,7 +384,7 @@ def write_dataset(out: Path, *, n_train: int, n_val: int, config: SynthConfig = 
     """
     for name, value in (("n_train", n_train), ("n_val", n_val)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-            raise UserError(f"--{name.replace('_', '-')} must be a non-negative integer, got {value!r}")
+            raise UserError(f"{name} must be a non-negative integer, got {value!r}")
     if not isinstance(marker, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", marker):
         raise ValueError(f"marker must be a folder name of letters, digits, '_' or '-', got {marker!r}")
     if not isinstance(config, SynthConfig):

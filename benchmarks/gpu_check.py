@@ -62,7 +62,7 @@ class Check:
         self.device = "cuda" if self.cuda else "cpu"
         self.name = torch.cuda.get_device_name() if self.cuda else "CPU (smoke)"
         self.deadline = time.perf_counter() + budget_s
-        self.crop, self.tile_size = (128, 256) if smoke else (512, 1024)
+        self.crop, self.tile_size = (224, 256) if smoke else (512, 1024)
         self.nets = (dict(g1="g1-tiny", g2="g2-tiny", d="d-tiny") if smoke else
                      dict(g1="g1-vitb", g2="g2-resunet", d="d-patchgan"))
         self.batch, self.steps = (2, 1) if smoke else (8, 10)
@@ -107,10 +107,10 @@ def section_train(check: Check, tmp: Path) -> dict:
     batch = {k: (torch.cat([v] * check.batch) if isinstance(v, torch.Tensor) else v * check.batch)
              for k, v in batch1.items()}
     out = {"reference_ms_per_crop": 1e3 * ref_s, "compiled_for_real": not check.smoke}
-    if check.smoke:  # the code path only: inductor's CPU compile would take the smoke run's whole minute
-        import torch._dynamo
+    import torch._dynamo as dynamo
 
-        torch._dynamo.config.disable = True
+    if check.smoke:  # the code path only: inductor's CPU compile would take the smoke run's whole minute
+        dynamo.config.disable = True
     for name, compile_ in (("eager", False), ("compiled", True)):
         if check.cuda:
             torch.cuda.empty_cache()
@@ -124,7 +124,7 @@ def section_train(check: Check, tmp: Path) -> dict:
         out[name] = {"ms_per_crop": ms, "ratio": 1e3 * ref_s / ms, "first_step_s": first}
         del trainer
     if check.smoke:
-        torch._dynamo.config.disable = False
+        dynamo.config.disable = False
     with torch.device("meta"):
         g1, g2, d = (create_network(check.nets[k]) for k in ("g1", "g2", "d"))
     shape = (1, 3, check.crop, check.crop)

@@ -77,7 +77,7 @@ CASES = [
     ("preview missing", "prep preview --shards {root}/nowhere", "nowhere"),
     ("verify truncated", "prep verify --shards {truncated}", "shard-00000.h5"),
     ("train-nuclei bad weights out", "prep train-nuclei --out {file}/w.pt --steps 1 --synthetic 1 --calibrate 0", "a-file"),
-    ("synth out of range", "data synth --out {root}/s --n-train -1", "n-train"),
+    ("synth out of range", "data synth --out {root}/s --n-train -1", "n_train"),
     ("train keep-list columns", "train --preset demo --g1-mode native --shards {good} --out {root}/r1 --crop 128 --keep-list {keep}", "keep.csv"),
     ("train missing keep-list", "train --preset demo --g1-mode native --shards {good} --out {root}/r2 --crop 128 --keep-list {root}/no.csv",
      "no.csv"),

@@ -74,11 +74,11 @@ class Budget:
     aux_warmup: int = 0
 
 
-#: CPU: 400 steps with the auxiliary losses ramped in over the first 200 (from step 0 they stop the
+#: CPU: 200 steps with the auxiliary losses ramped in over the first 100 (from step 0 they stop the
 #: GAN from learning the stain's look on so short a budget: RESULTS.md, synthetic ablation).
-CPU_BUDGET = Budget(TASK, closing_radius=10, n_train=48, n_test=16, steps=400, batch=4, crop=96,
+CPU_BUDGET = Budget(TASK, closing_radius=10, n_train=48, n_test=16, steps=200, batch=4, crop=96,
                     networks=("g1-tiny", "g2-tiny", "d-tiny"), g1_mode="native", precision="fp32", lr=1e-3,
-                    aux_warmup=200)
+                    aux_warmup=100)
 GPU_BUDGET = Budget(FULL_TASK, closing_radius=30, n_train=400, n_test=100, steps=4000, batch=8, crop=512,
                     networks=("g1-vitb", "g2-resunet", "d-patchgan"), g1_mode="native", precision="bf16")
 
