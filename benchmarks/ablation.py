@@ -1,7 +1,7 @@
 """Does auxiliary supervision make the stain right? The paper's Table 2 ablation on a synthetic task with exact truth.
 
 Run: ``python benchmarks/ablation.py [--seeds 3] [--out benchmarks/ablation-cpu]``
-(CPU, tiny networks, ~15-20 min on 2 cores) or ``--full --device cuda``
+(CPU, tiny networks, ~35 min on 2 cores for the five rows; ~14 min for two) or ``--full --device cuda``
 (ViT-B G1 at MIST size; hours on one GPU).
 
 One command: renders the task (:mod:`atst_model.eval.ablation`), builds its
