@@ -10,7 +10,8 @@ import h5py
 import numpy as np
 
 from .manifest import find_manifests, read_manifest
-from .shards import _plain, sha256_of, validate
+from .shard_check import validate
+from .shards import _plain, sha256_of
 
 __all__ = ["VerifyReport", "find_manifests", "verify"]
 

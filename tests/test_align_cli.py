@@ -23,7 +23,8 @@ from atst_prep.align import store
 from atst_prep.align.register import register_image
 from atst_prep.build import read_manifest
 from atst_prep.images import tissue_fraction
-from atst_prep.shards import iter_samples, validate
+from atst_prep.shard_check import validate
+from atst_prep.shards import iter_samples
 from atst_prep.synth import SynthConfig, render_pair
 from atst_prep.verify import verify
 from cli.main import app

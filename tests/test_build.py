@@ -12,7 +12,8 @@ import pytest
 from atst_prep.build import BuildConfig, BuildError, build, read_manifest
 from atst_prep.images import read_rgb
 from atst_prep.mask import MaskConfig, dab_mask
-from atst_prep.shards import iter_samples, read_header, validate
+from atst_prep.shard_check import validate
+from atst_prep.shards import iter_samples, read_header
 from atst_prep.sources import detect
 from atst_prep.stain import dab_and_hematoxylin
 from atst_prep.verify import content_digest

@@ -19,7 +19,8 @@ from atst_prep.build import BuildConfig, BuildError, build, read_manifest
 from atst_prep.mask import MaskConfig
 from atst_prep.nuclei import count_in_mask, store
 from atst_prep.nuclei.store import CounterError, count_nuclei, load_counter
-from atst_prep.shards import as_stored, iter_samples, read_header, validate
+from atst_prep.shard_check import validate
+from atst_prep.shards import as_stored, iter_samples, read_header
 from atst_prep.sources import detect
 from atst_prep.verify import verify
 

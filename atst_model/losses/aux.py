@@ -50,7 +50,7 @@ from torch import nn
 
 from atst_prep.mask import MaskConfig
 
-from ..cppnet.count import soft_count
+from ..cppnet.count import density_of, soft_count
 from ..cppnet.model import CppNet, load_checkpoint
 from ..stain_torch import DEFAULT_TEMPERATURE, dab_gray, soft_mask, unmix
 
@@ -200,9 +200,9 @@ def count_loss(counter: CppNet, fake_hema: torch.Tensor, fake_mask: torch.Tensor
     loss : scalar, averaged over the batch.
     counts : dict of (B,) tensors ``fake`` (c(H', M')), ``target`` (c(H, M)) and ``crop`` (c(H, 1)).
     """
-    with torch.no_grad():
-        both = soft_count(counter, hema, None), soft_count(counter, hema, mask)
-    crop, target = (t.float() for t in both)
+    with torch.no_grad():  # one pass of the counter over the real crop serves both sums
+        density = density_of(counter, hema).float()
+        crop, target = density.flatten(1).sum(1), (density * mask.float()).flatten(1).sum(1)
     fake = soft_count(counter, fake_hema, fake_mask).float()
     diff = (fake - target).abs()
     if form == "relative":
