@@ -69,7 +69,7 @@ demo: $(STAMP) ## Synthetic pairs -> masks -> a short CPU training -> a stained 
 	@ckpt=$$(ls $(DEMO)/run/checkpoints/step-*.pt 2>/dev/null | sort | tail -n 1); \
 	test -n "$$ckpt" || { echo "error: no checkpoint in $(DEMO)/run/checkpoints"; exit 1; }; \
 	set -x; \
-	$(BIN)/atst translate "$$ckpt" tests/data/CMU-Small-Region.svs --out $(DEMO)/translated && \
+	$(BIN)/atst translate "$$ckpt" tests/data/CMU-Small-Region.svs --out $(DEMO)/translated --annotations -r 5 && \
 	$(BIN)/atst translate "$$ckpt" $(DEMO_VAL)/valA --out $(DEMO)/fake-ihc && \
 	$(BIN)/atst eval --fake $(DEMO)/fake-ihc --real $(DEMO_VAL)/valB --he $(DEMO_VAL)/valA --out $(DEMO)/eval
 	@echo ""
@@ -77,7 +77,8 @@ demo: $(STAMP) ## Synthetic pairs -> masks -> a short CPU training -> a stained 
 	@echo "Shards:   $(DEMO)/shards/mist-her2/  (manifest.json lists them)"
 	@echo "Training: $(DEMO)/run/samples/  (H&E | fake IHC | real IHC | M' vs M), $(DEMO)/run/log.csv"
 	@echo "Samples:  $$(ls $(DEMO)/run/samples/step-*.png | sort | tail -n 1)  (the last sample grid)"
-	@echo "Slide:    $(DEMO)/translated/CMU-Small-Region.tif  (tests/data/CMU-Small-Region.svs stained by the demo G1; pyramidal TIFF, opens in QuPath)"
+	@echo "Slide:    $(DEMO)/translated/CMU-Small-Region.tif  (tests/data/CMU-Small-Region.svs stained by the demo G1; pyramidal TIFF with its pixel size: OpenSlide, QuPath)"
+	@echo "          $(DEMO)/translated/CMU-Small-Region.geojson  (its DAB-positive region: QuPath, File > Import objects)"
 	@echo "Report:   $(DEMO)/eval/report.html  (metrics, histograms, best/median/worst; also summary.json, per_image.csv)"
 
 train: $(STAMP) ## Train ATST-Net on prep shards: make train BIOMARKER=her2 (er, pr, ki67, bci, demo) [RECIPE=public-code]

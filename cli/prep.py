@@ -228,3 +228,50 @@ def verify(
                f"({len(report.manifests)} manifest{'s' * (len(report.manifests) != 1)})")
     if report.problems:
         raise fail(f"{shards}: {len(report.problems)} problem(s), the first: {report.problems[0]}")
+
+
+@app.command("export-annotations")
+@command
+def export_annotations(
+    shards: Path = typer.Option(..., "--shards", help="Shard folder (as --out of build-masks) or one dataset's "
+                                "folder."),
+    out: Path = typer.Option(..., "--out", help="Output folder: OUT/<dataset>/<name>.geojson per sample "
+                             "(OUT/<dataset>/<split>/<name>.geojson for a dataset with a name in several splits)."),
+    register: bool = typer.Option(False, "--register", help="Export the registered mask and nuclei, in the H&E "
+                                  "tile's frame (needs 'atst prep filter-misaligned --register'); default: the "
+                                  "IHC tile's frame."),
+    simplify: float = typer.Option(0.5, "--simplify", help="Outline simplification tolerance in px (0: every "
+                                   "vertex, the outline rasterises back to the mask exactly)."),
+) -> None:
+    """Write each sample's DAB-positive mask and nuclei as GeoJSON that QuPath imports.
+
+    Open the IHC tile in QuPath (the H&E tile with --register) and drag its
+    .geojson onto the viewer, or use File > Import objects from file. The mask
+    is one annotation "DAB-positive" (area in px in its measurements); each
+    nucleus a detection classified "Nucleus (DAB-positive region)" or
+    "Nucleus". Exit codes: 0 done, 1 error, 3 done but some samples were
+    skipped (listed).
+    """
+    from atst_prep.annotations import export_annotations as run_export
+
+    bar = progress_bar("samples")
+    task = bar.add_task("export-annotations", total=None)
+
+    def on_start(total: int) -> None:
+        bar.update(task, total=total, t0=time.perf_counter())
+        bar.start()  # only once the shards are found and checked
+
+    try:
+        summary = run_export(shards, out, register=register, simplify=simplify, on_start=on_start,
+                             on_sample=lambda n: bar.advance(task, n))
+    finally:
+        if bar.live.is_started:
+            bar.stop()
+    for line in summary.skipped:
+        console.print(f"[yellow]skipped[/] {line}", soft_wrap=True)
+    typer.echo(f"{len(summary.written)} GeoJSON files in {out} ({summary.nuclei} nuclei); "
+               f"{len(summary.skipped)} skipped")
+    if summary.nuclei_pending:
+        typer.echo(f"  {len(summary.nuclei_pending)} without nuclei (mask only; run 'atst prep count-nuclei')")
+    if summary.skipped:
+        raise typer.Exit(EXIT_REJECTED)

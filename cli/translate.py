@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -10,9 +9,6 @@ from typing import List, Optional
 import typer
 
 from ._common import EXIT_REJECTED, command, console, fail, progress_bar
-
-#: errno values that mean the output cannot be written (disk full, quota, read-only, permission).
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
 
 
 @command
@@ -26,88 +22,66 @@ def translate_command(
     batch: int = typer.Option(8, "--batch", help="Windows per forward pass."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
     fmt: str = typer.Option("png", "--format", help="png or jpg."),
+    annotations: bool = typer.Option(False, "--annotations", help="Slides: also write <out>/<stem>.geojson, the "
+                                     "virtual IHC's DAB-positive region (Eq. 1 per window) with its area and "
+                                     "fraction of tissue, for QuPath (File > Import objects)."),
+    closing_radius: int = typer.Option(30, "--closing-radius", "-r", help="Eq. 1's closing radius in px for "
+                                       "--annotations (the build-masks default)."),
+    mpp: Optional[float] = typer.Option(None, "--mpp", help="Slides: level 0's pixel size in um, written into the "
+                                        "output when the slide states none."),
+    reader: str = typer.Option("auto", "--reader", help="Slide reader: auto (OpenSlide when it recognises the "
+                               "file, else tifffile), openslide or tifffile."),
 ) -> None:
     """Translate H&E to IHC (or IHC to H&E) with seamless blended tiles; bf16 on a GPU, float32 on CPU.
 
-    Slides (.svs/.ndpi, or .tif/.tiff over 4096 px on a side or with several levels) are translated at
-    level 0, skipping background windows, into a tiled pyramidal BigTIFF <out>/<stem>.tif (JPEG tiles,
-    reduced levels as SubIFDs; opens in QuPath). Slides are streamed: reading, the network and writing
-    overlap in separate threads, memory grows with the slide's width, not its area, and the .tif appears
-    only when complete (an interrupted run leaves no file).
+    Slides (every format OpenSlide reads: SVS, NDPI, MRXS, SCN, BIF, Philips TIFF, DICOM...; and .tif/.tiff
+    over 4096 px on a side or with several levels) are translated at level 0, skipping background
+    windows, into a tiled pyramidal BigTIFF <out>/<stem>.tif laid out as an Aperio SVS (JPEG tiles, every
+    level, the source's pixel size and objective power): OpenSlide, tiffslide and QuPath open it whole.
+    Slides are streamed: reading, the network and writing overlap in separate threads, memory grows with
+    the slide's width, not its area, and the .tif appears only when complete (an interrupted run leaves
+    no file).
 
     Exit 0; 1 on a user error; 3 when some inputs were rejected (each named on one line).
     """
     import torch
 
-    from atst_model.infer.slide import count_slide_windows, is_slide, translate_slide
-    from atst_model.infer.translate import FORMATS, TileSizeError, expand_inputs, load_generator, translate_folder
+    from atst_model.infer.run import translate_inputs
+    from atst_model.infer.slide_io import READERS
+    from atst_model.infer.translate import FORMATS, load_generator
+    from atst_prep.mask import MaskConfig
 
     if fmt not in FORMATS:
         raise fail(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if reader not in READERS:
+        raise fail(f"--reader must be one of {', '.join(READERS)}, got {reader!r}")
+    if mpp is not None and not mpp > 0:
+        raise fail(f"--mpp must be a positive pixel size in um, got {mpp}")
+    if closing_radius < 0:
+        raise fail(f"--closing-radius must be >= 0, got {closing_radius}")
     if batch < 1 or tile < 1 or not 0 <= overlap <= tile // 2:
         raise fail(f"need --batch >= 1, --tile >= 1 and 0 <= --overlap <= tile / 2 (got {batch}, {tile}, {overlap})")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     net = load_generator(checkpoint, direction, device)  # a user error: one line (command)
 
-    files, missing = expand_inputs(inputs)
-    for folder in (p for p in inputs if p.is_dir()):  # scanner formats are not in the image suffixes
-        files += sorted(q for q in folder.iterdir() if q.is_file() and q.suffix.lower() in (".svs", ".ndpi"))
-    slides = [p for p in files if is_slide(p)]
-    images = [p for p in files if p not in slides]
-
     bar = progress_bar("tiles")
     task = bar.add_task("translate", total=0, t0=time.perf_counter())
-    grow = lambda n: bar.update(task, total=(bar.tasks[0].total or 0) + n)  # noqa: E731
-    slide_out, slide_rejected, first_of = [], [], {}
     with bar:
-        try:
-            result = translate_folder(
-                net, images, out, fmt, tile=tile, overlap=overlap, batch=batch, device=device,
-                on_image=grow, on_tiles=lambda n: bar.advance(task, n)) if images else None
-            out.mkdir(parents=True, exist_ok=True)
-            for path in slides:
-                if first_of.setdefault(path.stem, path) != path:
-                    slide_rejected.append(f"{path}: same name as {first_of[path.stem]} (both would write "
-                                          f"{path.stem}.tif); rename one")
-                    continue
-                target = out / f"{path.stem}.tif"
-                try:
-                    grow(count_slide_windows(path, tile, overlap, net))
-                except TileSizeError:
-                    raise
-                except ValueError as exc:
-                    slide_rejected.append(f"{path}: {exc}")
-                    continue
-                except Exception as exc:  # an unreadable TIFF: tifffile / imagecodecs raise their own types
-                    slide_rejected.append(f"{path}: cannot read as a slide ({type(exc).__name__}: {exc})")
-                    continue
-                try:
-                    res = translate_slide(net, path, target, tile=tile, overlap=overlap,
-                                          batch=batch, device=device, on_tiles=lambda n: bar.advance(task, n))
-                except TileSizeError:
-                    raise
-                except ValueError as exc:
-                    slide_rejected.append(f"{path}: {exc}")
-                    continue
-                except OSError as exc:
-                    if exc.errno in _WRITE_ERRNOS:  # the output side: no later slide can be written either
-                        raise fail(f"cannot write {target}: {exc.strerror}") from None
-                    slide_rejected.append(f"{path}: failed while reading or translating ({exc})")
-                    continue
-                except Exception as exc:  # a tile that does not decode: tifffile / imagecodecs raise their own types
-                    slide_rejected.append(f"{path}: failed while reading or translating "
-                                          f"({type(exc).__name__}: {exc})")
-                    continue
-                slide_out.append(res)
-        except TileSizeError as exc:  # a --tile the network cannot take
-            raise fail(str(exc)) from None
-    written = (result.written if result else []) + [r.path for r in slide_out]
-    rejected = missing + (result.rejected if result else []) + slide_rejected
-    for r in slide_out:
-        typer.echo(f"{r.path.name}: {r.width} x {r.height} px, {len(r.levels)} levels, "
+        result = translate_inputs(
+            net, inputs, out, fmt=fmt, tile=tile, overlap=overlap, batch=batch, device=device, reader=reader,
+            mpp=mpp, annotations=annotations, mask_config=MaskConfig(closing_radius=closing_radius),
+            on_work=lambda n: bar.update(task, total=(bar.tasks[0].total or 0) + n),
+            on_tiles=lambda n: bar.advance(task, n))
+    for r in result.slides:
+        size = f"{r.meta.mpp[0]:.4g} um/px" if r.meta.mpp else "pixel size unknown (--mpp)"
+        power = f", {r.meta.objective_power:g}x" if r.meta.objective_power else ""
+        typer.echo(f"{r.path.name}: {r.width} x {r.height} px, {len(r.levels)} levels, {size}{power}, "
                    f"{r.windows - r.skipped} of {r.windows} windows run ({r.skipped} background skipped)")
-    for line in rejected:
+        if r.region is not None:
+            typer.echo(f"{r.path.stem}.geojson: DAB-positive {100 * r.region.fraction_of_tissue:.1f}% of tissue "
+                       f"({r.region.positive_px} px)")
+    for line in result.rejected:
         console.print(f"[yellow]rejected:[/] {line}", soft_wrap=True)
-    typer.echo(f"translated {len(written)} image(s) into {out}")
-    if rejected:
+    typer.echo(f"translated {len(result.written)} image(s) into {out}")
+    if result.rejected:
         raise typer.Exit(EXIT_REJECTED)

@@ -1,29 +1,37 @@
-"""Streaming writer of tiled pyramidal BigTIFFs: level 0 arrives as rows and is never held whole.
+"""Streaming writer of tiled pyramidal BigTIFFs that OpenSlide, tiffslide, QuPath and tifffile open whole.
 
-Layout (unchanged from the in-memory writer it replaces): one BigTIFF page with level 0 in 256 x 256
-tiles (JPEG quality 90 when ``imagecodecs`` has JPEG, else zlib), RGB, and the reduced levels as
-SubIFDs of that page (``subfiletype=1``), each half the size of the one above (sides rounded up) until
-the long side is <= ``max_side``. tifffile reads it as one series with levels; QuPath opens it.
+Layout: the Aperio SVS arrangement (what OpenSlide's, tiffslide's and Bio-Formats' SVS readers expect),
+in a BigTIFF: IFD 0 is level 0 in 256 x 256 tiles, IFD 1 a stripped thumbnail, IFDs 2.. the reduced
+levels, tiled, each half the size of the one above (sides rounded up) until the long side is
+<= ``max_side``. All RGB, JPEG quality 90 when ``imagecodecs`` has JPEG, else zlib. Level 0's
+ImageDescription is an Aperio header naming the writer (``Aperio Image Library (compatible; ATST ...)``)
+followed by ``|MPP = ...|AppMag = ...`` when the pixel size and objective power are known; every level
+also carries its pixel size in the TIFF resolution tags (pixels per centimetre), which generic TIFF
+readers use. Readers (tested): OpenSlide reports every level, ``openslide.mpp-x/y`` and
+``openslide.objective-power``; tiffslide likewise; tifffile reads one series with levels.
+
+The earlier layout (reduced levels as SubIFDs of level 0) hid the pyramid from OpenSlide, which saw one
+level, and had no pixel size.
 
 Memory
 ------
 * Level 0 is handed over in row chunks (:meth:`PyramidWriter.put`) and written tile row by tile row as
   the rows arrive: one 256-row strip of the image (``256 x W x 3`` B) is buffered, plus what tifffile
   holds while encoding one tile row and at most ``depth`` queued chunks.
-* Each reduced level is made from the one above as rows stream through (:class:`_Halver`: 2 x 2 box
-  means, so a chunk of rows can be reduced on its own) and stored in a ``numpy.memmap`` on an anonymous
-  temporary file in the output's folder (``tempfile.TemporaryFile``: on POSIX it has no name, and the
-  system removes it when it is closed or the process dies). Together the reduced levels take 1/3 of
-  level 0's size in that file (~2 GB for a 40k x 50k slide), paged by the system rather than held in
-  process memory; they are written out tile row by tile row after level 0.
+* Each reduced level (and the thumbnail, one halving below the smallest level) is made from the one
+  above as rows stream through (:class:`_Halver`: 2 x 2 box means, so a chunk of rows can be reduced on
+  its own) and stored in a ``numpy.memmap`` on an anonymous temporary file in the output's folder
+  (``tempfile.TemporaryFile``: on POSIX it has no name, and the system removes it when it is closed or
+  the process dies). Together the reduced levels take 1/3 of level 0's size in that file (~2 GB for a
+  40k x 50k slide), paged by the system rather than held in process memory; they are written out tile
+  row by tile row after level 0.
 
 The file is written as ``<name>.partial`` and renamed to ``<name>`` only when complete; after an error
 (or a KeyboardInterrupt) in the caller or in the writer thread the partial file is removed.
 
 Downsampling: a pixel of level k+1 is ``(a + b + c + d + 2) >> 2`` of its 2 x 2 block in level k, the
 last row / column repeated where a side is odd: what ``cv2.resize(..., INTER_AREA)`` gives on the level
-padded to even sides. (The earlier in-memory writer resized odd sides by INTER_AREA to the rounded-up
-size directly, which weights fractional areas; the two differ by a grey level or so at odd sizes.)
+padded to even sides.
 """
 
 from __future__ import annotations
@@ -36,8 +44,11 @@ from typing import Iterator
 import numpy as np
 
 from .pipeline import Consumer
+from .slide_io import SlideMeta
 
 TIFF_TILE = 256
+JPEG_QUALITY = 90
+WRITER = "ATST virtual stain"
 
 
 def pyramid_sizes(h: int, w: int, max_side: int = 1024) -> list[tuple[int, int]]:
@@ -57,6 +68,27 @@ def default_compression() -> str:
         return "jpeg" if imagecodecs.JPEG8.available or imagecodecs.JPEG.available else "zlib"
     except Exception:
         return "zlib"
+
+
+def aperio_description(width: int, height: int, meta: SlideMeta | None, *, compression: str,
+                       level: tuple[int, int] | None = None, title: str | None = None) -> str:
+    """The ImageDescription of an Aperio-style page: header line, then ``|key = value`` pairs.
+
+    ``level`` is ``(w, h)`` of a reduced level (header ``W x H -> w x h``, as Aperio writes it). Keys:
+    ``AppMag`` and ``MPP`` when known (what readers turn into objective power and pixel size), ``Title``.
+    """
+    from atst_prep import __version__
+
+    kind = f"JPEG/RGB Q={JPEG_QUALITY}" if compression == "jpeg" else f"{compression}/RGB"
+    size = f"{width}x{height}" + (f" -> {level[0]}x{level[1]}" if level else "")
+    parts = [f"Aperio Image Library (compatible; {WRITER} {__version__})\r\n{size} ({TIFF_TILE}x{TIFF_TILE}) {kind}"]
+    if meta is not None and meta.objective_power:
+        parts.append(f"AppMag = {meta.objective_power:g}")
+    if meta is not None and meta.mpp:
+        parts.append(f"MPP = {meta.mpp[0]:.6g}")
+    if title:
+        parts.append("Title = " + title.replace("|", "/").replace("\r", " ").replace("\n", " "))
+    return "|".join(parts)
 
 
 def halve(rows: np.ndarray) -> np.ndarray:
@@ -113,13 +145,18 @@ class PyramidWriter:
     compression : TIFF compression name; default :func:`default_compression`.
     max_side : the smallest level's long side is at most this.
     depth : row chunks queued for the writer thread before :meth:`put` waits.
+    meta : pixel size and objective power written into the file (see the module docstring).
+    title : a short note stored in the description (e.g. what the image is).
     """
 
     def __init__(self, path: Path | str, height: int, width: int, *, compression: str | None = None,
-                 max_side: int = 1024, depth: int = 2) -> None:
+                 max_side: int = 1024, depth: int = 2, meta: SlideMeta | None = None,
+                 title: str | None = None) -> None:
         self.path = Path(path)
         self.height, self.width = height, width
         self.sizes = pyramid_sizes(height, width, max_side)
+        self.thumbnail_size = ((self.sizes[-1][0] + 1) // 2, (self.sizes[-1][1] + 1) // 2)
+        self.meta, self.title = meta, title
         self.compression = compression or default_compression()
         self._tmp = self.path.with_name(self.path.name + ".partial")
         self._depth = depth
@@ -167,11 +204,11 @@ class PyramidWriter:
         self._tmp.unlink(missing_ok=True)
 
     # --- writer thread -----------------------------------------------------------------------------
-    def _reduced_levels(self) -> tuple[list[np.ndarray], _Halver | None]:
-        """Arrays of levels 1.. (views of one memmap on an anonymous temporary file) and the halver chain."""
-        sizes = self.sizes[1:]
-        if not sizes:
-            return [], None
+    def _reduced_levels(self) -> tuple[list[np.ndarray], _Halver]:
+        """Arrays of levels 1.. and the thumbnail (views of one memmap on an anonymous temporary file) and
+        the halver chain that fills them."""
+        every = self.sizes + [self.thumbnail_size]
+        sizes = every[1:]
         total = sum(h * w * 3 for h, w in sizes)
         self._levels_file = tempfile.TemporaryFile(dir=self.path.parent, prefix=f".{self.path.name}.",
                                                    suffix=".levels")
@@ -182,32 +219,42 @@ class PyramidWriter:
             offset += h * w * 3
         halver = None
         for k in range(len(levels) - 1, -1, -1):  # build bottom-up: each one feeds the next smaller
-            halver = _Halver(levels[k], self.sizes[k][0], halver)
+            halver = _Halver(levels[k], every[k][0], halver)
         return levels, halver
 
-    def _options(self) -> dict:
-        opts = dict(tile=(TIFF_TILE, TIFF_TILE), photometric="rgb", compression=self.compression, metadata=None,
-                    dtype=np.uint8, buffersize=TIFF_TILE * self.width * 3)  # encode one tile row at a time
+    def _options(self, size: tuple[int, int], *, tiled: bool = True) -> dict:
+        """tifffile options of a page of ``size = (h, w)``: tiling, compression, description, resolution."""
+        opts = dict(photometric="rgb", compression=self.compression, metadata=None, dtype=np.uint8)
+        if tiled:
+            opts.update(tile=(TIFF_TILE, TIFF_TILE), buffersize=TIFF_TILE * self.width * 3)  # one tile row at a time
         if self.compression == "jpeg":
-            opts["compressionargs"] = {"level": 90}
+            opts["compressionargs"] = {"level": JPEG_QUALITY}
+        level = None if size == (self.height, self.width) else (size[1], size[0])
+        if tiled:
+            opts["description"] = aperio_description(self.width, self.height, self.meta, compression=self.compression,
+                                                     level=level, title=self.title)
+        if self.meta is not None and self.meta.mpp:  # pixels per centimetre at this level
+            fx, fy = self.width / size[1], self.height / size[0]
+            opts.update(resolution=(1e4 / (self.meta.mpp[0] * fx), 1e4 / (self.meta.mpp[1] * fy)),
+                        resolutionunit="CENTIMETER")
         return opts
 
     def _write(self, chunks: Iterator[np.ndarray]) -> None:
         import tifffile
 
-        opts = self._options()
         with tifffile.TiffWriter(self._tmp, bigtiff=True) as tw:
             tw.write(self._level0_tiles(chunks), shape=(self.height, self.width, 3),
-                     subifds=len(self.sizes) - 1, **opts)
-            for level in self._levels:
-                tw.write(self._tiles(level), shape=level.shape, subfiletype=1, **opts)
+                     **self._options((self.height, self.width)))
+            thumbnail = np.array(self._levels[-1])  # complete once level 0 is: all levels are filled as rows pass
+            tw.write(thumbnail, **self._options(thumbnail.shape[:2], tiled=False))
+            for level in self._levels[:-1]:
+                tw.write(self._tiles(level), shape=level.shape, **self._options(level.shape[:2]))
 
     def _level0_tiles(self, chunks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
         """Tiles of level 0 in row-major order, each tile row yielded as soon as its rows have arrived."""
         strip, filled, done = np.empty((TIFF_TILE, self.width, 3), np.uint8), 0, 0
         for rows in chunks:
-            if self._halver is not None:
-                self._halver.push(rows)
+            self._halver.push(rows)
             i = 0
             while i < len(rows):
                 n = min(TIFF_TILE - filled, len(rows) - i)
@@ -230,14 +277,14 @@ class PyramidWriter:
             yield strip[:, x:x + TIFF_TILE]  # edge tiles are zero-padded by tifffile
 
 
-def write_pyramid(path: Path | str, level0: np.ndarray, max_side: int = 1024,
-                  compression: str | None = None) -> list[tuple[int, int]]:
+def write_pyramid(path: Path | str, level0: np.ndarray, max_side: int = 1024, compression: str | None = None,
+                  meta: SlideMeta | None = None) -> list[tuple[int, int]]:
     """Write an in-memory ``(H, W, 3)`` uint8 image with :class:`PyramidWriter`; returns the level sizes."""
     h, w = level0.shape[:2]
-    with PyramidWriter(path, h, w, compression=compression, max_side=max_side) as writer:
+    with PyramidWriter(path, h, w, compression=compression, max_side=max_side, meta=meta) as writer:
         for y in range(0, h, TIFF_TILE):
             writer.put(level0[y:y + TIFF_TILE])
     return writer.sizes
 
 
-__all__ = ["PyramidWriter", "default_compression", "halve", "pyramid_sizes", "write_pyramid", "TIFF_TILE"]
+__all__ = ["PyramidWriter", "aperio_description", "default_compression", "halve", "pyramid_sizes", "write_pyramid", "TIFF_TILE"]

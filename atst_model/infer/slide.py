@@ -2,17 +2,18 @@
 
 Pipeline: three threads joined by bounded queues (:mod:`.pipeline`).
 
-1. A reader thread (:class:`SlideReader`) decodes level 0 in horizontal bands, one per row of windows,
-   decoding only the TIFF tiles the band touches (``tifffile`` page ``decode``; ``zarr`` is not
-   needed), reflects the band at the slide's sides and runs the tissue test on each window. It works
-   up to two bands ahead of the network.
+1. A reader thread (:mod:`.slide_io`: OpenSlide for every format it reads, else tifffile decoding only
+   the TIFF tiles a band touches) reads level 0 in horizontal bands, one per row of windows, reflects
+   the band at the slide's sides and runs the tissue test on each window. It works up to two bands
+   ahead of the network.
 2. The calling thread moves each band to the compute device, runs the windows that hold tissue in
    batches, and blends all outputs into a one-row canvas on the device (:class:`_RowCanvas`). The
    ``overlap`` rows a window row shares with the next are carried over; the rows that receive no more
    windows are normalised to uint8 and handed to the writer.
 3. A writer thread (:class:`.pyramid.PyramidWriter`) encodes level 0 tile row by tile row as rows
    arrive, and builds the reduced levels on the fly into a memory-mapped anonymous temporary file.
-   The output appears under its name only when complete.
+   The output appears under its name only when complete. It is laid out as an Aperio SVS with the
+   source's pixel size and objective power, so OpenSlide, tiffslide and QuPath see every level.
 
 Memory bound (level 0 is never held whole): with ``t`` the window side and ``W`` the slide width,
 the host holds bands of ``3 t (W + t)`` B at most (2 queued, 1 being read plus its unreflected copy, 1
@@ -21,8 +22,8 @@ two 256-row strips of level 0 (``768 W`` B each) with their encoded tiles: under
 ``32 t (W + t) + 2048 W`` B in all, about 0.9 GB for t = 512 and W = 50,000 px, against 7.5 GB for
 level 0 of a 50k x 50k slide. The device holds the canvas (``16 t W`` B), the band and one batch.
 The reduced levels (1/3 of level 0's size) live in a memory-mapped anonymous temporary file, paged by
-the system. Untiled (stripped) level-0 pages are the exception: :class:`SlideReader` then reads the
-whole level, which must fit in memory.
+the system. Untiled (stripped) level-0 pages read by tifffile are the exception: the whole level is
+then read, and must fit in memory.
 
 Background windows (tissue fraction below ``tissue_threshold``, measured on every 8th pixel of the window,
 the :func:`atst_prep.images.tissue_fraction` optical-density test) are not run through the network: their
@@ -43,18 +44,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from .annotate import RegionSummary
 from .pipeline import Prefetch
 from .pyramid import PyramidWriter, pyramid_sizes, write_pyramid
+from .slide_io import SLIDE_SUFFIXES, SlideMeta, SlideReader, is_slide, open_slide, slide_size
 from .stitch import axis_starts, blend_weights, reflect_index
 from .translate import _autocast, effective_tile
-
-SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi"}
-SLIDE_MIN_SIDE = 4096
 
 
 @dataclass
 class SlideResult:
-    """What :func:`translate_slide` wrote: the file, level-0 size, pyramid sizes and window counts."""
+    """What :func:`translate_slide` wrote: the file, level-0 size, pyramid sizes, window counts, pixel size."""
 
     path: Path
     height: int
@@ -62,76 +62,9 @@ class SlideResult:
     levels: list[tuple[int, int]]
     windows: int
     skipped: int
-
-
-class SlideReader:
-    """Rows of level 0 of a slide, decoding only the tiles they touch."""
-
-    def __init__(self, path: Path | str) -> None:
-        import tifffile
-
-        self._tf = tifffile.TiffFile(path)
-        page = self._tf.series[0].levels[0].pages[0]
-        self.page = page
-        self.height, self.width = int(page.imagelength), int(page.imagewidth)
-        self._full = None
-        shape = page.shape
-        if not (page.is_tiled and page.planarconfig == 1 and page.imagedepth == 1 and len(shape) == 3
-                and shape[2] in (3, 4) and page.dtype == np.uint8):
-            full = self._tf.series[0].levels[0].asarray()  # whole level in memory
-            self._full = self._to_rgb(full)
-
-    @staticmethod
-    def _to_rgb(a: np.ndarray) -> np.ndarray:
-        if a.ndim == 2:
-            a = np.repeat(a[..., None], 3, axis=2)
-        if a.dtype != np.uint8:
-            raise ValueError(f"expected an 8-bit slide, got {a.dtype}")
-        return np.ascontiguousarray(a[..., :3])
-
-    def rows(self, y0: int, y1: int) -> np.ndarray:
-        """Rows ``[y0, y1)`` (inside the image) of level 0, ``(y1 - y0, W, 3)`` uint8."""
-        if self._full is not None:
-            return self._full[y0:y1]
-        p = self.page
-        th, tw = p.tilelength, p.tilewidth
-        across = -(-self.width // tw)
-        out = np.empty((y1 - y0, self.width, 3), np.uint8)
-        fh = self._tf.filehandle
-        for ty in range(y0 // th, (y1 - 1) // th + 1):
-            for tx in range(across):
-                index = ty * across + tx
-                offset, count = p.dataoffsets[index], p.databytecounts[index]
-                if count == 0:
-                    tile = np.zeros((th, tw, 3), np.uint8)
-                else:
-                    fh.seek(offset)
-                    data = fh.read(count)  # before touching p.decode: its first use may move the file position
-                    seg, _, _ = p.decode(data, index, jpegtables=p.jpegtables)
-                    tile = seg.reshape(th, tw, -1)[..., :3]
-                ta, tb = max(y0, ty * th), min(y1, (ty + 1) * th)
-                xa, xb = tx * tw, min(self.width, (tx + 1) * tw)
-                out[ta - y0:tb - y0, xa:xb] = tile[ta - ty * th:tb - ty * th, :xb - xa]
-        return out
-
-    def close(self) -> None:
-        self._tf.close()
-
-
-def is_slide(path: Path | str) -> bool:
-    """A slide: any readable .svs/.ndpi file (scanner formats), or a .tif/.tiff with more than
-    :data:`SLIDE_MIN_SIDE` px on a side or more than one level."""
-    path = Path(path)
-    if path.suffix.lower() not in SLIDE_SUFFIXES or not path.is_file():
-        return False
-    try:
-        import tifffile
-
-        with tifffile.TiffFile(path) as tf:
-            s = tf.series[0]
-            return len(s.levels) > 1 or max(s.levels[0].shape[:2]) > SLIDE_MIN_SIDE or path.suffix.lower() in (".svs", ".ndpi")
-    except Exception:  # not a TIFF: an ordinary image reader will reject it
-        return False
+    meta: SlideMeta = SlideMeta()
+    reader: str = "?"
+    region: "RegionSummary | None" = None  # areas of the annotation, when one was written
 
 
 def _bands(reader: SlideReader, t: int, overlap: int, tissue_threshold: float) -> Iterator[tuple]:
@@ -203,7 +136,9 @@ def _run_windows(net: nn.Module, band: torch.Tensor, starts: list[int], x_first:
 def translate_slide(net: nn.Module, slide_path: Path | str, out_path: Path | str, *, tile: int = 512,
                     overlap: int = 64, batch: int = 8, device=None, precision: str | None = None,
                     tissue_threshold: float = 0.01, compression: str | None = None,
-                    on_tiles: Callable[[int], None] | None = None) -> SlideResult:
+                    on_tiles: Callable[[int], None] | None = None, reader: str = "auto",
+                    mpp: float | None = None, annotations: Path | str | None = None,
+                    mask_config=None) -> SlideResult:
     """Translate level 0 of a slide with blended windows, skipping background, into a pyramidal BigTIFF.
 
     Reading (with the tissue test) runs in one background thread and writing in another, so both
@@ -212,25 +147,37 @@ def translate_slide(net: nn.Module, slide_path: Path | str, out_path: Path | str
     Parameters
     ----------
     net : generator taking and returning ``(N, 3, T, T)`` in [-1, 1].
-    slide_path : SVS / TIFF (level 0 is used). out_path : the BigTIFF to write (nothing is left there
-        if this raises or is interrupted).
+    slide_path : any slide OpenSlide reads, or a TIFF (level 0 is used). out_path : the BigTIFF to write,
+        with the source's pixel size and objective power (nothing is left there if this raises or is
+        interrupted).
     tile, overlap, batch, device, precision : as :func:`.translate.translate_image`.
     tissue_threshold : windows with a smaller tissue fraction are not run (output white); 0 runs all.
     compression : TIFF compression of the output; default JPEG (quality 90) when available, else zlib.
     on_tiles : called with a number of windows (run or skipped) as they are done; they add up to
         :func:`count_slide_windows`.
+    reader : "auto" (OpenSlide when it recognises the file, else tifffile), "openslide" or "tifffile".
+    mpp : level 0's pixel size in um, used where the slide states none (the slide's own value wins).
+    annotations : also write the fake's DAB-positive region here as QuPath GeoJSON
+        (:class:`.annotate.PositiveRegion`; Eq. 1 with ``mask_config`` on each ``tile`` window).
     """
+    from .annotate import PositiveRegion
+
     device = torch.device(device) if device is not None else next(net.parameters(), torch.empty(0)).device
-    reader = SlideReader(slide_path)
+    source = open_slide(slide_path, reader)
     try:
-        H, W = reader.height, reader.width
+        H, W = source.height, source.width
+        meta = source.meta
+        if meta.mpp is None and mpp is not None:
+            meta = SlideMeta((mpp, mpp), meta.objective_power, meta.vendor)
         t = effective_tile(H, W, tile, overlap, net)
         ys, xs = axis_starts(H, t, overlap), axis_starts(W, t, overlap)
         canvas = _RowCanvas(W, t, overlap, device)
         white_out = torch.full((3, t, t), 255.0, device=device)  # what a skipped window contributes
         windows = skipped = 0
-        with Prefetch(_bands(reader, t, overlap, tissue_threshold), depth=2, name="slide-reader") as bands, \
-                PyramidWriter(out_path, H, W, compression=compression) as writer:
+        region = PositiveRegion(H, W, tile, mask_config, meta.mpp) if annotations is not None else None
+        with Prefetch(_bands(source, t, overlap, tissue_threshold), depth=2, name="slide-reader") as bands, \
+                PyramidWriter(out_path, H, W, compression=compression, meta=meta,
+                              title=f"virtual IHC of {Path(slide_path).name}") as writer:
             for k, (y0, band, tissue) in enumerate(bands):
                 white = [x0 for x0, keep in zip(xs, tissue) if not keep]
                 run = [x0 for x0, keep in zip(xs, tissue) if keep]
@@ -250,22 +197,25 @@ def translate_slide(net: nn.Module, slide_path: Path | str, out_path: Path | str
                 done = t if k == len(ys) - 1 else t - overlap  # rows [y0, y0 + done) receive no more windows
                 ga, gb = max(y0, 0), min(y0 + done, H)
                 if ga < gb:
-                    writer.put(canvas.take(ga - y0, gb - y0))
+                    rows = canvas.take(ga - y0, gb - y0)
+                    writer.put(rows)
+                    if region is not None:  # the H&E rows under them: band columns start at xs[0]
+                        region.add(rows, band[ga - y0:gb - y0, -xs[0]:W - xs[0]])
                 canvas.shift()
+            summary = None
+            if region is not None:  # before the pyramid is renamed into place: no output without its annotation
+                summary = region.write(annotations, properties={"source": Path(slide_path).name, "frame": "level 0"})
     finally:
-        reader.close()
-    return SlideResult(Path(out_path), H, W, writer.sizes, windows, skipped)
+        source.close()
+    return SlideResult(Path(out_path), H, W, writer.sizes, windows, skipped, meta, source.name, summary)
 
 
-def count_slide_windows(path: Path | str, tile: int, overlap: int, net: nn.Module) -> int:
+def count_slide_windows(path: Path | str, tile: int, overlap: int, net: nn.Module, reader: str = "auto") -> int:
     """Number of windows :func:`translate_slide` visits on a slide (run or skipped)."""
-    import tifffile
-
-    with tifffile.TiffFile(path) as tf:
-        h, w = tf.series[0].levels[0].shape[:2]
+    h, w = slide_size(path, reader)
     t = effective_tile(h, w, tile, overlap, net)
     return len(axis_starts(h, t, overlap)) * len(axis_starts(w, t, overlap))
 
 
-__all__ = ["SlideResult", "SlideReader", "translate_slide", "write_pyramid", "pyramid_sizes", "is_slide",
-           "count_slide_windows", "SLIDE_SUFFIXES"]
+__all__ = ["SlideResult", "SlideMeta", "SlideReader", "translate_slide", "write_pyramid", "pyramid_sizes",
+           "is_slide", "count_slide_windows", "SLIDE_SUFFIXES"]

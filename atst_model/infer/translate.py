@@ -143,6 +143,19 @@ class FolderResult:
     rejected: list[str] = field(default_factory=list)
 
 
+class NameClaims:
+    """Output file names taken so far in one run: a second input that would write the same file is refused."""
+
+    def __init__(self) -> None:
+        self._first: dict[str, Path] = {}
+
+    def claim(self, path: Path, suffix: str) -> str | None:
+        """None if ``<stem>.<suffix>`` is free (now taken by ``path``), else the rejection line."""
+        name = f"{path.stem}.{suffix}"
+        first = self._first.setdefault(name, path)
+        return None if first == path else f"{path}: same name as {first} (both would write {name}); rename one"
+
+
 def expand_inputs(inputs: Iterable[Path | str]) -> tuple[list[Path], list[str]]:
     """Image files named directly or found in named folders (sorted, not recursive); missing paths rejected."""
     files, rejected = [], []
@@ -159,7 +172,8 @@ def expand_inputs(inputs: Iterable[Path | str]) -> tuple[list[Path], list[str]]:
 def translate_folder(net: nn.Module, inputs: Iterable[Path | str], out_dir: Path | str, fmt: str = "png", *,
                      tile: int = 512, overlap: int = 64, batch: int = 8, device=None, precision: str | None = None,
                      on_image: Callable[[int], None] | None = None,
-                     on_tiles: Callable[[int], None] | None = None) -> FolderResult:
+                     on_tiles: Callable[[int], None] | None = None,
+                     claims: NameClaims | None = None) -> FolderResult:
     """Translate image files and folders of images into ``out_dir/<stem>.<fmt>``.
 
     Files that cannot be read as 8-bit RGB, and files whose name another input
@@ -174,11 +188,11 @@ def translate_folder(net: nn.Module, inputs: Iterable[Path | str], out_dir: Path
     out_dir.mkdir(parents=True, exist_ok=True)
     files, rejected = expand_inputs(inputs)
     result = FolderResult(rejected=rejected)
-    first_of: dict[str, Path] = {}
+    claims = claims if claims is not None else NameClaims()
     for path in files:
-        if first_of.setdefault(path.stem, path) != path:  # same output name: never overwrite a result
-            result.rejected.append(f"{path}: same name as {first_of[path.stem]} (both would write "
-                                   f"{path.stem}.{fmt}); rename one")
+        clash = claims.claim(path, fmt)  # same output name: never overwrite a result
+        if clash:
+            result.rejected.append(clash)
             continue
         try:
             rgb = read_rgb(path)
