@@ -1,1 +1,1 @@
-"""Networks, losses, trainer, inference and metrics (not yet implemented)."""
+"""ATST-Net in PyTorch: subpackages networks, losses, train, infer, eval, metrics, cppnet; data, loader, stain_torch."""

@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from atst_prep.mask import MaskConfig
+from atst_prep.morphology import disk_half_widths
 from atst_prep.stain import DAB, GRAY_WEIGHTS, HED_FROM_RGB, HEMATOXYLIN, LOG_ADJUST, RGB_FROM_HED
 from atst_prep.stain import dab_gray as _dab_gray_np
 
@@ -219,12 +220,6 @@ def _pad_symmetric(x: torch.Tensor, r: int) -> torch.Tensor:
     return x.index_select(-1, _sym_index(w, r, x.device))
 
 
-@functools.lru_cache(maxsize=256)
-def _half_widths(radius: int) -> tuple[int, ...]:
-    # half-width of the disk's row at offset dy (x^2 + dy^2 <= r^2), as atst_prep.morphology
-    return tuple(math.isqrt(radius * radius - dy * dy) for dy in range(radius + 1))
-
-
 class _DiskMaxValid(torch.autograd.Function):
     """Max over ``disk(r)`` of a (N, C, H + 2r, W + 2r) input, 'valid' output (N, C, H, W).
 
@@ -243,7 +238,7 @@ class _DiskMaxValid(torch.autograd.Function):
         r = radius
         h, w = hp - 2 * r, wp - 2 * r
         flat = torch.arange(hp * wp, device=x.device, dtype=torch.int32).view(1, 1, hp, wp)
-        half = _half_widths(r)
+        half = disk_half_widths(r)
         val = x[..., r:r + w]                     # running horizontal max, (N, C, Hp, W)
         arg = flat[..., r:r + w].expand(n, c, hp, w)
         grown = 0
@@ -280,7 +275,7 @@ def _disk_max_plain(x: torch.Tensor, radius: int) -> torch.Tensor:
     """The forward of :class:`_DiskMaxValid` without argmax bookkeeping (no gradient): hard masks."""
     r = radius
     h, w = x.shape[-2] - 2 * r, x.shape[-1] - 2 * r
-    half = _half_widths(r)
+    half = disk_half_widths(r)
     val, grown, out = x[..., r:r + w], 0, None
     for dy in range(r, -1, -1):
         while grown < half[dy]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .align.score import rotation_matrix  # 2x2, OpenCV's convention: positive = counter-clockwise on screen, y down
 from .stain import RGB_FROM_HED
 
 _LN10 = float(np.log(10.0))
@@ -247,12 +248,7 @@ def jpeg_roundtrip(rgb: np.ndarray, quality: int) -> tuple[bytes, np.ndarray]:
 
 
 # ---------------------------------------------------------------- geometry
-def rotation_matrix(degrees: float) -> np.ndarray:
-    """2x2 rotation in OpenCV's convention (positive = counter-clockwise on screen, y down)."""
-    a, b = np.cos(np.deg2rad(degrees)), np.sin(np.deg2rad(degrees))
-    return np.array([[a, b], [-b, a]])
-
-
+# (rotation_matrix: the aligner's, atst_prep.align.score, so synthetic misalignment and its estimate share it)
 def elastic_knots(size: int) -> tuple[np.ndarray, float]:
     """Knot positions (g,) px along each axis of the IHC frame, and the RBF width (px)."""
     knots = np.linspace(-0.25 * size, 1.25 * size, ELASTIC_KNOTS)

@@ -55,6 +55,22 @@ def find_manifests(root: Path) -> list[Path]:
     return found
 
 
+def shard_paths(folder: str | Path, splits: tuple[str, ...] | None = None) -> list[Path]:
+    """The non-empty shards of ``splits`` (None: every split) listed by the manifests at or below ``folder``."""
+    paths, seen = [], set()
+    for manifest in find_manifests(Path(folder)):
+        for split, info in read_manifest(manifest)["splits"].items():
+            seen.add(split)
+            if splits is None or split in splits:
+                paths += [manifest.parent / s["file"] for s in info["shards"] if s["n_samples"] > 0]
+    if not paths:
+        which = "" if splits is None else f" in split(s) {', '.join(splits)}"
+        found = f" (splits present: {', '.join(sorted(seen))})" if seen else ""
+        raise FileNotFoundError(f"{folder}: the manifests list no samples{which}{found} "
+                                "(run 'atst prep build-masks' first)")
+    return paths
+
+
 def write_manifest_file(folder: Path, manifest: dict) -> Path:
     """Replace ``folder/manifest.json`` atomically with ``manifest``."""
     path = Path(folder) / MANIFEST

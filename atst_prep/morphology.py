@@ -16,6 +16,9 @@ edges (``abc|cba``), as ``skimage.morphology.closing`` does by default
 
 from __future__ import annotations
 
+import functools
+import math
+
 import numpy as np
 
 
@@ -30,14 +33,11 @@ def disk(radius: int) -> np.ndarray:
     return (k[:, None] ** 2 + k[None, :] ** 2) <= radius * radius
 
 
-def _half_widths(radius: int) -> np.ndarray:
-    """``w[dy]`` = half-width of the disk's row at offset ``dy``, dy = 0..r."""
-    dy = np.arange(radius + 1)
-    # integer square root, exact: largest w with w^2 + dy^2 <= r^2
-    w = np.floor(np.sqrt(radius * radius - dy * dy)).astype(np.int64)
-    w -= (w * w + dy * dy) > radius * radius
-    w += ((w + 1) ** 2 + dy * dy) <= radius * radius
-    return w
+@functools.lru_cache(maxsize=256)
+def disk_half_widths(radius: int) -> tuple[int, ...]:
+    """``w[dy]`` = half-width of the disk's row at offset ``dy``, dy = 0..r: the largest ``w`` with
+    ``w^2 + dy^2 <= r^2`` (exact integer square root). Shared with :mod:`atst_model.stain_torch`."""
+    return tuple(math.isqrt(radius * radius - dy * dy) for dy in range(radius + 1))
 
 
 def _pack(mask: np.ndarray) -> np.ndarray:
@@ -81,17 +81,17 @@ def binary_dilation_disk(mask: np.ndarray, radius: int) -> np.ndarray:
     if radius == 0 or not mask.any():
         return mask.copy()
     h, width = mask.shape
-    half = _half_widths(radius)
+    half = disk_half_widths(radius)
     grown = {0: _pack(mask)}
     current = grown[0]
-    for step in range(1, int(half.max()) + 1):
+    for step in range(1, max(half) + 1):
         current = _grow_horizontally(current)
         grown[step] = current
     # The spare word collects pixels grown past the right edge; clear it and
     # any bits past `width` in the last real word.
-    out = grown[int(half[0])].copy()
+    out = grown[half[0]].copy()
     for dy in range(1, radius + 1):
-        row = grown[int(half[dy])]
+        row = grown[half[dy]]
         out[dy:] |= row[:-dy] if dy < h else row[:0]
         out[:-dy] |= row[dy:] if dy < h else row[:0]
     return _unpack(out, width)

@@ -37,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atst_prep.align.realpairs import misaligned_pair  # noqa: E402
-from atst_prep.align.score import align_pair, reduce, tissue_mask  # noqa: E402
+from atst_prep.align.score import align_pair, reduce, tissue_region  # noqa: E402
 from atst_prep.align.select import select  # noqa: E402
 from atst_prep.align.store import filter_misaligned  # noqa: E402
 from atst_prep.build import BuildConfig, build  # noqa: E402
@@ -110,7 +110,7 @@ def real_pairs(n: int) -> list:
     margin = 160
     origins = [(x, y) for y in range(margin, slide.shape[0] - SIZE - margin, 128)
                for x in range(margin, slide.shape[1] - SIZE - margin, 128)
-               if tissue_mask(reduce(slide[y:y + SIZE, x:x + SIZE], 8)).mean() > 0.6]
+               if tissue_region(reduce(slide[y:y + SIZE, x:x + SIZE], 8)).mean() > 0.6]
     out = []
     for i, (shift, rotation, _) in enumerate(draws(n, 2)):
         p = misaligned_pair(slide, origins[(i * 7) % len(origins)], SIZE, shift, rotation, seed=i)

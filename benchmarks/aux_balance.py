@@ -29,8 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atst_model.eval import ablation as A  # noqa: E402
-from atst_model.losses import TERMS  # noqa: E402
-from atst_model.losses_gan import cycle_loss, lsgan  # noqa: E402
+from atst_model.losses import TERMS, cycle_loss, lsgan  # noqa: E402
 from atst_model.train.config import TrainerConfig, with_recipe  # noqa: E402
 from atst_model.train.trainer import Dist, Trainer, frozen_norm_stats  # noqa: E402
 

@@ -1,4 +1,11 @@
-"""The ``atst`` application: ``atst prep ...``, ``atst data ...``."""
+"""The ``atst`` application, every command:
+
+* ``atst prep build-masks | count-nuclei | filter-misaligned | train-nuclei | preview | verify |
+  export-annotations`` (:mod:`.prep`, :mod:`.nuclei`, :mod:`.align`)
+* ``atst data synth`` (:mod:`.data`)
+* ``atst train`` (:mod:`.train`), ``atst check-targets`` (:mod:`.check`), ``atst eval`` (:mod:`.eval`),
+  ``atst translate`` (:mod:`.translate`)
+"""
 
 from __future__ import annotations
 

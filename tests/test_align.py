@@ -24,7 +24,7 @@ from atst_prep.align.score import (
     hann,
     ncc,
     phase_correlation,
-    tissue_mask,
+    tissue_region,
 )
 from atst_prep.align.select import Decision, Selection, select
 from atst_prep.stain import dab_and_hematoxylin
@@ -92,9 +92,9 @@ def test_score_halves_at_each_tolerance_and_ignores_anticorrelation():
     assert AlignConfig().shift_tolerance_px((512, 512)) == 16.0
 
 
-def test_tissue_mask_counts_pale_ihc_stroma_as_tissue():
+def test_tissue_region_counts_pale_ihc_stroma_as_tissue():
     pair = render_pair(SYNTH, 5, shift=(0, 0), rotation=0)
-    he, ihc = tissue_mask(pair.he), tissue_mask(pair.ihc)
+    he, ihc = tissue_region(pair.he), tissue_region(pair.ihc)
     assert dice(he, ihc, np.ones(he.shape, bool)) > 0.9
 
 

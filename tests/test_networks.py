@@ -23,7 +23,7 @@ from atst_model.networks import (
     network_config,
 )
 from atst_model.networks.pathoduet import sincos_pos_embed
-from atst_model.networks.tiling import blend_tiles, extract_tiles, tile_grid, tile_offsets, tile_weights
+from atst_model.networks.tiling import blend_tiles, crop_tile_grid, extract_tiles, tile_offsets, tile_weights
 
 FULL = {"g1-vitb", "g1-vitb-native"}  # checked on the meta device: shapes without the compute
 IGNORE_RANDOM_INIT = pytest.mark.filterwarnings("ignore::atst_model.networks.pathoduet.EncoderWeightsWarning")
@@ -117,7 +117,7 @@ def test_tile_offsets_are_the_papers_and_cover_any_crop():
 
 @pytest.mark.parametrize("shape", [(512, 512), (300, 517)])
 def test_blend_weights_sum_to_one_at_every_pixel(shape):
-    grid = tile_grid(*shape, 224, 144)
+    grid = crop_tile_grid(*shape, 224, 144)
     weights = tile_weights(grid)
     canvas = torch.zeros(shape)
     k = 0
@@ -143,7 +143,7 @@ def test_tiles224_with_an_identity_tile_network_gives_the_input_back_in_one_batc
     monkeypatch.setattr(g1, "forward_tile", identity)
     x = _image(*shape)
     out = g1(x)
-    grid = tile_grid(shape[2], shape[3], 224, 144)
+    grid = crop_tile_grid(shape[2], shape[3], 224, 144)
     assert calls == [torch.Size([shape[0] * grid.n_tiles, 3, 224, 224])]  # one forward, all tiles batched
     assert shape[2:] != (512, 512) or grid.n_tiles == 9
     torch.testing.assert_close(out, x, rtol=0, atol=1e-6)  # no seam anywhere
@@ -152,7 +152,7 @@ def test_tiles224_with_an_identity_tile_network_gives_the_input_back_in_one_batc
 
 
 def test_overlapping_tiles_are_averaged_not_overwritten():
-    grid = tile_grid(224, 512, 224, 144)  # one row of three tiles
+    grid = crop_tile_grid(224, 512, 224, 144)  # one row of three tiles
     x = torch.zeros(1, 1, 224, 512)
     tiles = extract_tiles(x, grid) + torch.tensor([0.0, 1.0, 2.0]).view(3, 1, 1, 1)
     out = blend_tiles(tiles, grid)[0, 0, 0]

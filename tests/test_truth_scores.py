@@ -7,8 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from atst_model.eval.truth import (TileTruth, dice_iou, mean_in, region_auc, relative_count_error, score_tile,
-                                   summarise)
+from atst_model.eval.truth import TileTruth, dice_iou, mean_in, region_auc, relative_count_error, score_tile, summarise
 from atst_prep.mask import MaskConfig
 from atst_prep.nuclei import make_counter
 from atst_prep.stain import dab_and_hematoxylin

@@ -73,6 +73,8 @@ class TileTruth:
         return cls(np.asarray(truth[f"positive_mask_{frame}"], bool), len(truth[f"positive_centroids_{frame}"]))
 
 
+# Not a twin of atst_prep.align.score.dice (same 2|A&B| / (|A| + |B|), both empty 1): that one takes bool
+# masks restricted to a ``where`` region, has no IoU and no shape check, and prep must not import atst_model.
 def dice_iou(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     """Dice and IoU of two (H, W) masks (nonzero = positive); both empty: (1, 1)."""
     p, t = np.asarray(pred) != 0, np.asarray(truth) != 0

@@ -1,4 +1,4 @@
-"""Evaluation metrics with the published tables' conventions (``DESIGN.md``).
+"""Evaluation metrics with the published tables' conventions (stated in each module; README.md, "Evaluation").
 
 Paired image metrics on uint8 RGB (:mod:`.image`): :func:`psnr`, :func:`ssim`,
 :func:`css`. Feature-distribution metrics on precomputed features

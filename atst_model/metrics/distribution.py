@@ -1,6 +1,6 @@
 """Feature-distribution metrics: FID, KID and PHV, from precomputed features.
 
-Features in, float64 math, no networks here (``DESIGN.md``, "Evaluation conventions"):
+Features in, float64 math, no networks here (conventions below; README.md, "Evaluation"):
 
 * FID: 2048-d FID-Inception pool features of all test images; :func:`frechet_distance`
   is pytorch-fid's ``calculate_frechet_distance`` (sample covariances, ``N - 1``).

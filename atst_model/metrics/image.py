@@ -1,7 +1,7 @@
 """Paired image metrics on uint8 RGB tiles at full resolution: PSNR, SSIM, CSS.
 
-The conventions are those of the published H&E->IHC tables
-(``DESIGN.md``, "Evaluation conventions"):
+The conventions are those of the published H&E->IHC tables (the ones
+``atst eval`` reports; README.md, "Evaluation"):
 
 =====================  ===============================================================
 metric                 convention

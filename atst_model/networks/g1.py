@@ -32,7 +32,7 @@ from torch import nn
 
 from .layers import NORMS, Norm, ResBlock, conv_block, deconv_block
 from .pathoduet import PATCH_SIZE, PATHODUET_SHAPE, WEIGHTS_HELP, EncoderWeightsWarning, create_encoder, load_pathoduet
-from .tiling import blend_tiles, extract_tiles, tile_grid
+from .tiling import blend_tiles, crop_tile_grid, extract_tiles
 
 MODES = ("tiles224", "native")
 
@@ -188,5 +188,5 @@ class G1(nn.Module):
         t = self.config.img_size
         if h < t or w < t:
             raise ValueError(f"G1 (tiles224 mode) needs sides >= its {t} px tile, got {h}x{w}")
-        grid = tile_grid(h, w, t, self.config.tile_stride)
+        grid = crop_tile_grid(h, w, t, self.config.tile_stride)
         return blend_tiles(self.forward_tile(extract_tiles(x, grid)), grid)

@@ -52,8 +52,12 @@ def tile_offsets(length: int, tile: int, max_stride: int) -> tuple[int, ...]:
     return tuple(i * span // (n - 1) for i in range(n))
 
 
-def tile_grid(height: int, width: int, tile: int, max_stride: int) -> TileGrid:
-    """The :class:`TileGrid` of a ``height`` x ``width`` crop."""
+def crop_tile_grid(height: int, width: int, tile: int, max_stride: int) -> TileGrid:
+    """The :class:`TileGrid` of a ``height`` x ``width`` crop: tiles inside it, at :func:`tile_offsets`.
+
+    Not the inference tiling (:func:`atst_model.infer.stitch.tile_grid`: read windows
+    reaching into a reflected margin, raised-cosine blend).
+    """
     return TileGrid(height, width, tile, tile_offsets(height, tile, max_stride), tile_offsets(width, tile, max_stride))
 
 

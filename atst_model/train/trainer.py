@@ -23,8 +23,7 @@ import torch.distributed as dist
 
 from atst_prep.errors import UserError
 
-from ..losses import TERMS
-from ..losses_gan import cycle_loss, lsgan
+from ..losses import TERMS, cycle_loss, lsgan
 from . import state as st
 from .config import TrainerConfig
 from .log import RunLog, sample_grid
@@ -366,19 +365,8 @@ TRAIN_SPLITS = ("train", "all")
 
 
 def shard_paths(folder: str | Path, splits: tuple[str, ...] | None = TRAIN_SPLITS) -> list[Path]:
-    """The non-empty shards of ``splits`` (None: every split) listed by the manifests at or below ``folder``."""
-    from atst_prep.manifest import read_manifest
-    from atst_prep.verify import find_manifests
+    """The non-empty training shards listed by the manifests at or below ``folder``
+    (:func:`atst_prep.manifest.shard_paths` with the splits training reads)."""
+    from atst_prep.manifest import shard_paths as listed
 
-    paths, seen = [], set()
-    for manifest in find_manifests(Path(folder)):
-        for split, info in read_manifest(manifest)["splits"].items():
-            seen.add(split)
-            if splits is None or split in splits:
-                paths += [manifest.parent / s["file"] for s in info["shards"] if s["n_samples"] > 0]
-    if not paths:
-        which = "" if splits is None else f" in split(s) {', '.join(splits)}"
-        found = f" (splits present: {', '.join(sorted(seen))})" if seen else ""
-        raise FileNotFoundError(f"{folder}: the manifests list no samples{which}{found} "
-                                "(run 'atst prep build-masks' first)")
-    return paths
+    return listed(folder, splits)

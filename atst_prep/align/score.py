@@ -156,7 +156,7 @@ def to_working(xy, factor: int) -> np.ndarray:
     return (np.asarray(xy, np.float64) - (factor - 1) / 2) / factor
 
 
-def tissue_mask(rgb: np.ndarray, *, blur: float = 1.5, margin: float = 0.04) -> np.ndarray:
+def tissue_region(rgb: np.ndarray, *, blur: float = 1.5, margin: float = 0.04) -> np.ndarray:
     """(H, W) bool: pixels denser than the glass of the tile, by ``margin`` summed log10 optical density.
 
     IHC stroma carries only a pale counterstain (summed OD ~0.1, barely above
@@ -381,5 +381,5 @@ def align_pair(he_rgb: np.ndarray, ihc_hema: np.ndarray, ihc_rgb: np.ndarray,
     factor = working_factor(he_rgb.shape, config)
     he_hema = reduce(stain_channel(he_rgb, HEMATOXYLIN), factor)
     return estimate_alignment(he_hema, reduce(np.asarray(ihc_hema, np.float32), factor),
-                              tissue_mask(reduce(he_rgb, factor)), tissue_mask(reduce(ihc_rgb, factor)),
+                              tissue_region(reduce(he_rgb, factor)), tissue_region(reduce(ihc_rgb, factor)),
                               config, factor=factor, full_shape=he_rgb.shape[:2])
