@@ -19,6 +19,7 @@ import csv
 import ctypes
 import os
 import sys
+from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -29,14 +30,17 @@ import torch
 from torch.utils.data import Dataset
 
 from atst_prep.errors import UserError
+from atst_prep.images import decode_rgb
 from atst_prep.nuclei import count_in_mask
-from atst_prep.shards import SCHEMA, ShardError
+from atst_prep.shards import FILE_KEYS, SCHEMA, ShardError
 from atst_prep.stain import dab_channel, dab_gray
 
 __all__ = ["ShardPairs", "keep_freed_memory", "read_keep_list", "to_unit", "dihedral", "TRUE_VALUES"]
 
 #: Values of a keep-list's ``kept`` column that mean "kept".
 TRUE_VALUES = frozenset({"1", "true", "True"})
+#: Decoded images of compact shards each loader process keeps (an item's H&E, IHC and unpaired IHC).
+DECODED_KEPT = 4
 
 # byte b -> b / 127.5 - 1: images in the generators' tanh range
 _TO_UNIT = (np.arange(256, dtype=np.float64) / 127.5 - 1.0).astype(np.float32)
@@ -255,6 +259,7 @@ class ShardPairs(Dataset):
         self.samples = samples  # (shard index, sample key, name, height, width)
         self._files: dict[int, h5py.File] = {}
         self._datasets: dict[tuple[int, str], tuple[h5py.Dataset, ...]] = {}
+        self._decoded: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
         self._pid: int | None = None
 
     def __len__(self) -> int:
@@ -267,6 +272,7 @@ class ShardPairs(Dataset):
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_files"], state["_datasets"], state["_pid"] = {}, {}, None  # handles never travel
+        state["_decoded"] = OrderedDict()
         return state
 
     def _open(self, shard: int, key: str) -> tuple[h5py.Dataset, ...]:
@@ -276,7 +282,7 @@ class ShardPairs(Dataset):
         through one that is open (h5py caches its fast reader per object).
         """
         if self._pid != os.getpid():  # a new process (or a forked worker): drop, do not close, the parent's handles
-            self._files, self._datasets, self._pid = {}, {}, os.getpid()
+            self._files, self._datasets, self._decoded, self._pid = {}, {}, OrderedDict(), os.getpid()
             keep_freed_memory()
         found = self._datasets.get((shard, key))
         if found is None:
@@ -284,8 +290,24 @@ class ShardPairs(Dataset):
             if f is None:
                 f = self._files[shard] = h5py.File(self.shard_paths[shard], "r")
             g = f["samples"][key]
-            found = self._datasets[(shard, key)] = (g["he"], g["ihc"], g["windows/mask"], g["nuclei/centroids"])
+            he, ihc = (g[k] if k in g else g[FILE_KEYS[k]] for k in ("he", "ihc"))  # raw pixels or file bytes
+            found = self._datasets[(shard, key)] = (he, ihc, g["windows/mask"], g["nuclei/centroids"])
         return found
+
+    def _pixels(self, shard: int, source: h5py.Dataset) -> h5py.Dataset | np.ndarray:
+        """A raw layout's image dataset as it is; a compact one's file decoded (the last few are kept, so
+        the paired H&E and IHC of an item are decoded once each)."""
+        if source.ndim == 3:
+            return source
+        k = (shard, source.name)
+        image = self._decoded.get(k)
+        if image is None:
+            image = self._decoded[k] = decode_rgb(source[()], f"{self.shard_paths[shard]}:{source.name}")
+            if len(self._decoded) > DECODED_KEPT:
+                self._decoded.popitem(last=False)
+        else:
+            self._decoded.move_to_end(k)
+        return image
 
     def _origin(self, rng: np.random.Generator, h: int, w: int) -> tuple[int, int]:
         return int(rng.integers(0, h - self.crop + 1)), int(rng.integers(0, w - self.crop + 1))
@@ -312,6 +334,7 @@ class ShardPairs(Dataset):
         t = int(rng.integers(0, 8)) if self.flips else 0
         c = self.crop
         he_data, ihc_data, mask_data, centroids = self._open(shard, key)
+        he_data, ihc_data = self._pixels(shard, he_data), self._pixels(shard, ihc_data)
         ihc = self._window(ihc_data, y0, x0)
         mask = mask_data[k]
         positive = cv2.countNonZero(mask)
@@ -337,7 +360,7 @@ class ShardPairs(Dataset):
             other = self._other(rng, index)
             s2, key2, _, h2, w2 = self.samples[other]
             uy, ux = self._origin(rng, h2, w2)
-            item["ihc_unpaired"] = self._image(self._window(self._open(s2, key2)[1], uy, ux))
+            item["ihc_unpaired"] = self._image(self._window(self._pixels(s2, self._open(s2, key2)[1]), uy, ux))
             item["name_unpaired"] = self.samples[other][2]
             item["origin_unpaired"] = torch.tensor([uy, ux], dtype=torch.int64)
         return item

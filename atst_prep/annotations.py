@@ -32,7 +32,7 @@ from skimage.measure import find_contours
 from . import __version__
 from .errors import UserError
 from .manifest import find_manifests, read_manifest
-from .shards import SCHEMA_VERSION, ShardError, _plain, iter_samples, read_header
+from .shards import ShardError, _plain, check_readable, iter_samples, read_header
 
 __all__ = ["ExportError", "ExportSummary", "annotation_features", "export_annotations", "mask_polygons",
            "nucleus_features", "rasterize", "write_geojson"]
@@ -222,9 +222,7 @@ def _plan(root: Path, summary: ExportSummary) -> tuple[list[tuple], set[str]]:
             except (ShardError, OSError, KeyError) as exc:
                 summary.skipped.append(str(exc) if isinstance(exc, ShardError) else f"{path}: unreadable ({exc})")
                 continue
-            if header.get("schema_version") != SCHEMA_VERSION:
-                raise ShardError(f"{path}: shard schema version {header.get('schema_version')}, this atst reads "
-                                 f"{SCHEMA_VERSION}; rebuild with 'atst prep build-masks --overwrite'")
+            check_readable(path, header.get("schema_version"))
             shards.append((dataset, split, path, len(names), header))
             repeated.update(dataset for name in names if split_of.setdefault((dataset, name), split) != split)
     if not shards and not summary.skipped:

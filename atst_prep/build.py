@@ -18,21 +18,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from .images import InputError, blank_reason, read_rgb
-from .manifest import MANIFEST, dataset_manifest, param_diff, read_manifest, write_manifest_file
-from .mask import MaskConfig, mask_from_dab, window_masks, window_origins
+from .engine import Folder, locked, remove_partials, run_pass, save_if_changed
+from .images import InputError
+from .manifest import MANIFEST, dataset_manifest, param_diff, read_manifest
+from .mask import MaskConfig
 from .nuclei.store import counter_identity, detect_stored, load_counter, nuclei_diff, open_counter
-from .runner import BuildError, FolderLock, run_tasks
-from .shards import IMAGE_COMPRESSIONS, PreparedPair, ShardError, ShardWriter, read_header, sha256_of
+from .pair import prepare_pair, rel_path, size_of
+from .runner import BuildError
+from .shard_writer import ShardWriter
+from .shards import IMAGE_COMPRESSIONS, LAYOUTS, ShardError, read_header, sha256_of
 from .sources import DatasetSource, Pair, SplitListing
-from .stain import dab_and_hematoxylin
 
 __all__ = ["MANIFEST", "BuildConfig", "BuildError", "BuildSummary", "build", "read_manifest"]
 
 log = logging.getLogger(__name__)
-
-MIN_SIDE = 64
-
 
 @dataclass(frozen=True)
 class BuildConfig:
@@ -59,6 +58,10 @@ class BuildConfig:
         Keyword arguments of the counter (e.g. ``(("channel", "hema+dab"),)``).
     counter_weights : str or None
         Its weights file (``"cppnet"``).
+    layout : {"compact", "raw"}
+        How images are stored (see :mod:`atst_prep.shards`): the source files'
+        bytes (compact, the default: about the size of the source) or decoded
+        pixels and densities (raw: ~9 MB per 1024 px pair, the fastest loader).
     window, window_stride : int
         The fixed training windows (px) whose own Eq. 1 masks are stored as the
         auxiliary losses' targets (:func:`atst_prep.mask.window_masks`); training
@@ -78,6 +81,7 @@ class BuildConfig:
     counter_options: tuple[tuple[str, object], ...] = ()
     window: int = 512
     window_stride: int | None = None  # None: half a window
+    layout: str = "compact"
 
     def __post_init__(self) -> None:
         if self.window_stride is None:
@@ -85,6 +89,8 @@ class BuildConfig:
         if not (16 <= self.window <= 8192) or not (1 <= self.window_stride <= self.window):
             raise ValueError(f"window must be in [16, 8192] px and window_stride in [1, window], got "
                              f"{self.window} and {self.window_stride}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if self.image_compression not in IMAGE_COMPRESSIONS:
             raise ValueError(f"image_compression must be one of {', '.join(IMAGE_COMPRESSIONS)}, "
                              f"got {self.image_compression!r}")
@@ -110,7 +116,7 @@ class BuildConfig:
         params = {"mask": asdict(self.mask), "shard_size": self.shard_size,
                   "store_images": self.store_images, "min_tissue": self.min_tissue,
                   "image_compression": self.image_compression,
-                  "windows": {"window": self.window, "stride": self.window_stride}}
+                  "windows": {"window": self.window, "stride": self.window_stride}, "layout": self.layout}
         if self.nuclei is not None:
             params["nuclei"] = self.nuclei
         return params
@@ -127,62 +133,25 @@ class ShardTask:
     pairs: tuple[Pair, ...]
     path: str
 
+    @property
+    def folder(self) -> str:
+        """The dataset folder (``<out>/<id>``) the shard goes to."""
+        return str(Path(self.path).parent.parent)
+
     def fingerprint(self) -> str:
         """Hash of the inputs (names, relative paths, file sizes): detects changed inputs."""
         items = []
         for p in self.pairs:
-            items.append([p.name, _rel(p.he, self.source_root), _rel(p.ihc, self.source_root),
-                          _size(p.he), _size(p.ihc), sorted(dict(p.meta).items())])
+            items.append([p.name, rel_path(p.he, self.source_root), rel_path(p.ihc, self.source_root),
+                          size_of(p.he), size_of(p.ihc), sorted(dict(p.meta).items())])
         return hashlib.sha256(json.dumps(items).encode()).hexdigest()
 
 
-def _rel(path: Path, root: str) -> str:
-    try:
-        return str(Path(path).relative_to(root))
-    except ValueError:
-        return str(path)
-
-
-def _size(path: Path) -> int:
-    try:
-        return Path(path).stat().st_size
-    except OSError:
-        return -1
-
-
-# --------------------------------------------------------------------------- per pair
-
-
-def prepare_pair(pair: Pair, root: str, config: BuildConfig) -> PreparedPair:
-    """Read, check, unmix and mask one pair; raises InputError for a bad input."""
-    he = read_rgb(pair.he)
-    ihc = read_rgb(pair.ihc)
-    if he.shape != ihc.shape:
-        raise InputError(pair.ihc, f"size {ihc.shape[1]}x{ihc.shape[0]} differs from its H&E partner's "
-                                   f"{he.shape[1]}x{he.shape[0]} ({pair.he.name})")
-    if min(he.shape[:2]) < MIN_SIDE:
-        raise InputError(pair.he, f"too small ({he.shape[1]}x{he.shape[0]}); tiles need >= {MIN_SIDE} px a side")
-    fractions = {}
-    for label, path, image in (("H&E", pair.he, he), ("IHC", pair.ihc, ihc)):
-        reason, fractions[label] = blank_reason(image, config.min_tissue)
-        if reason:
-            raise InputError(path, f"{label}: {reason}")
-    dab, hema = dab_and_hematoxylin(ihc)
-    origins = window_origins(*dab.shape, config.window, config.window_stride)
-    return PreparedPair(
-        name=pair.name, he_path=_rel(pair.he, root), ihc_path=_rel(pair.ihc, root), meta=dict(pair.meta),
-        he=he, ihc=ihc, dab=dab, hema=hema, mask=mask_from_dab(dab, config.mask),
-        tissue_fraction_he=fractions["H&E"], tissue_fraction_ihc=fractions["IHC"],
-        window=config.window, window_stride=config.window_stride, window_origins=origins,
-        window_masks=window_masks(dab, origins, config.window, config.mask),
-    )
+# --------------------------------------------------------------------------- per shard
 
 
 def _rejection(split: str, name: str, error: InputError) -> dict:
     return {"split": split, "name": name, "file": error.path, "reason": error.reason}
-
-
-# --------------------------------------------------------------------------- per shard
 
 
 def build_shard(task: ShardTask, config: BuildConfig) -> dict:
@@ -202,7 +171,8 @@ def build_shard(task: ShardTask, config: BuildConfig) -> dict:
                            config.counter_options) if config.counter else None
     Path(task.path).parent.mkdir(parents=True, exist_ok=True)
     with ShardWriter(Path(task.path), header, store_images=config.store_images,
-                     image_compression=config.image_compression, counter=config.nuclei) as writer:
+                     image_compression=config.image_compression, counter=config.nuclei,
+                     layout=config.layout) as writer:
         for pair in task.pairs:
             try:
                 prepared = prepare_pair(pair, task.source_root, config)
@@ -218,7 +188,7 @@ def build_shard(task: ShardTask, config: BuildConfig) -> dict:
 
 
 def _entry(task: ShardTask, path: Path, n_samples: int, rejected: list[dict]) -> dict:
-    return {"dataset_id": task.dataset_id, "file": f"{task.split}/{path.name}", "split": task.split, "index": task.index,
+    return {"folder": task.folder, "dataset_id": task.dataset_id, "file": f"{task.split}/{path.name}", "split": task.split, "index": task.index,
             "n_pairs": len(task.pairs), "n_samples": n_samples, "bytes": path.stat().st_size,
             "sha256": sha256_of(path), "rejected": rejected}
 
@@ -227,8 +197,8 @@ def _entry(task: ShardTask, path: Path, n_samples: int, rejected: list[dict]) ->
 
 
 @dataclass
-class DatasetPlan:
-    """The shards of one dataset, those already done and those to build."""
+class DatasetPlan(Folder):
+    """The shards of one dataset, those already done and those to build; the engine's folder."""
 
     source: DatasetSource
     out_dir: Path
@@ -237,9 +207,22 @@ class DatasetPlan:
     done: dict[str, dict] = field(default_factory=dict)      # task.path -> manifest entry
     unpaired: list[dict] = field(default_factory=list)       # rejections found while listing
 
+    params: dict = field(default_factory=dict)                # the build's parameters, for the manifest
+
+    @property
+    def path(self) -> Path:
+        return self.out_dir
+
     @property
     def pending(self) -> list[ShardTask]:
         return [t for t in self.tasks if t.path not in self.done]
+
+    def record(self, entry: dict) -> None:
+        self.done[str(self.out_dir / entry["file"])] = entry
+
+    def save(self, complete: bool = True) -> Path:
+        """The manifest of what is done so far (each split says whether it is complete)."""
+        return save_if_changed(self.out_dir, dataset_manifest(self, self.params))
 
 
 def plan_dataset(source: DatasetSource, out: Path, config: BuildConfig,
@@ -266,7 +249,7 @@ def plan_dataset(source: DatasetSource, out: Path, config: BuildConfig,
             path = out_dir / split / f"shard-{index:05d}.h5"
             tasks.append(ShardTask(source.id, split, index, str(source.root),
                                    tuple(pairs[start:start + config.shard_size]), str(path)))
-    plan = DatasetPlan(source, out_dir, tasks, listings, unpaired=unpaired)
+    plan = DatasetPlan(source, out_dir, tasks, listings, unpaired=unpaired, params=config.params())
     _reuse_finished(plan, config, overwrite)
     return plan
 
@@ -274,12 +257,11 @@ def plan_dataset(source: DatasetSource, out: Path, config: BuildConfig,
 def _reuse_finished(plan: DatasetPlan, config: BuildConfig, overwrite: bool) -> None:
     """Keep shards that exist with the same parameters and inputs; clear the rest."""
     wanted = {t.path: t for t in plan.tasks}
+    remove_partials(plan.out_dir)  # left by a killed build
     for split in plan.listings:
         folder = plan.out_dir / split
         if not folder.is_dir():
             continue
-        for stale in folder.glob(".shard-*.partial"):
-            stale.unlink(missing_ok=True)  # left by a killed build
         for existing in sorted(folder.glob("shard-*.h5")):
             task = wanted.get(str(existing))
             try:
@@ -314,14 +296,6 @@ def _conflict(existing: Path, old: dict | None, config: BuildConfig) -> str:
             f"use --overwrite to replace these shards or choose another --out{hint}")
 
 
-# --------------------------------------------------------------------------- manifest
-
-
-def write_manifest(plan: DatasetPlan, config: BuildConfig) -> Path:
-    """Write ``manifest.json`` atomically from what is done so far."""
-    return write_manifest_file(plan.out_dir, dataset_manifest(plan, config.params()))
-
-
 @dataclass
 class BuildSummary:
     """What a build did, for the CLI's closing lines and exit code."""
@@ -354,46 +328,35 @@ def build(sources: Iterable[DatasetSource], out: Path, config: BuildConfig, *,
     work, ``on_shard(entry)`` after each finished shard and ``on_reject(record)``
     for each rejected input, in the order they are known.
     """
-    plans = [plan_dataset(s, out, config, splits, overwrite=overwrite) for s in sources]
-    locks = [FolderLock(p.out_dir) for p in plans]
+    sources = list(sources)
     summary = BuildSummary()
-    try:
-        by_id = {p.source.id: p for p in plans}
+
+    def reject(records: Iterable[dict]) -> None:
+        for record in records:
+            summary.rejected.append(record)
+            if on_reject:
+                on_reject(record)
+
+    def built(entry: dict) -> None:
+        summary.shards_built += 1
+        reject(entry["rejected"])
+        if on_shard:
+            on_shard(entry)
+
+    with locked(Path(out) / s.id for s in sources):
+        plans = [plan_dataset(s, out, config, splits, overwrite=overwrite) for s in sources]
         for plan in plans:
-            write_manifest(plan, config)
-            for record in plan.unpaired:
-                summary.rejected.append(record)
-                if on_reject:
-                    on_reject(record)
-            for entry in plan.done.values():
-                for record in entry["rejected"]:
-                    summary.rejected.append(record)
-                    if on_reject:
-                        on_reject(record)
-        total = sum(len(t.pairs) for p in plans for t in p.tasks)
-        done = sum(e["n_pairs"] for p in plans for e in p.done.values())
+            reject(plan.unpaired)
+            reject(r for entry in plan.done.values() for r in entry["rejected"])
         if on_start:
-            on_start(total, done)
+            on_start(sum(len(t.pairs) for p in plans for t in p.tasks),
+                     sum(e["n_pairs"] for p in plans for e in p.done.values()))
         summary.shards_reused = sum(len(p.done) for p in plans)
-        pending = [t for p in plans for t in p.pending]
-        for entry in run_tasks(build_shard, pending, config, jobs=jobs, backend=backend, scheduler=scheduler):
-            plan = by_id[entry["dataset_id"]]
-            plan.done[str(plan.out_dir / entry["file"])] = entry
-            write_manifest(plan, config)
-            summary.shards_built += 1
-            for record in entry["rejected"]:
-                summary.rejected.append(record)
-                if on_reject:
-                    on_reject(record)
-            if on_shard:
-                on_shard(entry)
+        run_pass(build_shard, [t for p in plans for t in p.pending], config, folders={str(p.out_dir): p for p in plans},
+                 jobs=jobs, backend=backend, scheduler=scheduler, on_result=built)
         for plan in plans:
             summary.datasets.append(plan.source.id)
-            summary.manifests.append(write_manifest(plan, config))
+            summary.manifests.append(plan.save())
             summary.pairs += sum(len(t.pairs) for t in plan.tasks)
             summary.samples += sum(e["n_samples"] for e in plan.done.values())
-    finally:
-        for lock in locks:
-            lock.release()
     return summary
-

@@ -10,8 +10,26 @@ keeps its traceback. Subclasses say where the error arose; all are
 
 from __future__ import annotations
 
-__all__ = ["UserError"]
+from typing import Callable, TypeVar
+
+__all__ = ["ConfigError", "UserError", "checked"]
+
+T = TypeVar("T")
 
 
 class UserError(ValueError):
     """Bad input or environment, not a bug; ``str()`` names the culprit and the reason in one line."""
+
+
+class ConfigError(UserError):
+    """Invalid parameters (a value out of range, options that do not go together)."""
+
+
+def checked(factory: Callable[..., T], *args, **kwargs) -> T:
+    """``factory(*args, **kwargs)`` (a config dataclass that validates itself), its ValueError as a ConfigError."""
+    try:
+        return factory(*args, **kwargs)
+    except UserError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None

@@ -42,6 +42,45 @@ def _check_complete(path: Path, data: bytes) -> None:
             raise InputError(path, "truncated PNG (no IEND chunk)")
 
 
+def read_file(path: Path | str) -> bytes:
+    """The bytes of an image file, or :class:`InputError` (missing, a folder, unreadable, empty)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    except IsADirectoryError:
+        raise InputError(path, "is a folder, not an image") from None
+    except OSError as exc:
+        raise InputError(path, f"cannot be read ({exc.strerror or exc})") from None
+    if not data:
+        raise InputError(path, "empty file (0 bytes)")
+    return data
+
+
+def decode_rgb(data: bytes | np.ndarray, path: Path | str = "<bytes>") -> np.ndarray:
+    """Decode an image file's bytes to (H, W, 3) uint8 RGB and check it, or raise :class:`InputError`
+    naming ``path``: what :func:`read_rgb` does after reading the file (shards keep these bytes)."""
+    data = bytes(data) if isinstance(data, np.ndarray) else data
+    _check_complete(Path(path), data)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise InputError(path, "not a decodable image (corrupt, or not an image file)")
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    if image.dtype != np.uint8:
+        bits = image.dtype.itemsize * 8
+        raise InputError(path, f"{bits}-bit image ({image.dtype}); expected 8-bit RGB")
+    if channels == 1:
+        raise InputError(path, "grayscale image (1 channel); expected RGB")
+    if channels == 2:
+        raise InputError(path, "grayscale+alpha image (2 channels); expected RGB")
+    if channels == 4:
+        raise InputError(path, "RGBA image (4 channels); expected RGB without alpha")
+    if channels != 3:
+        raise InputError(path, f"{channels}-channel image; expected RGB")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
 def read_rgb(path: Path | str) -> np.ndarray:
     """Read an 8-bit RGB image and check it, or raise :class:`InputError`.
 
@@ -59,34 +98,7 @@ def read_rgb(path: Path | str) -> np.ndarray:
         Missing, unreadable, empty, truncated or undecodable file; grayscale,
         RGBA, 16-bit or otherwise not 8-bit RGB.
     """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(path, "file not found") from None
-    except IsADirectoryError:
-        raise InputError(path, "is a folder, not an image") from None
-    except OSError as exc:
-        raise InputError(path, f"cannot be read ({exc.strerror or exc})") from None
-    if not data:
-        raise InputError(path, "empty file (0 bytes)")
-    _check_complete(path, data)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise InputError(path, "not a decodable image (corrupt, or not an image file)")
-    channels = 1 if image.ndim == 2 else image.shape[2]
-    if image.dtype != np.uint8:
-        bits = image.dtype.itemsize * 8
-        raise InputError(path, f"{bits}-bit image ({image.dtype}); expected 8-bit RGB")
-    if channels == 1:
-        raise InputError(path, "grayscale image (1 channel); expected RGB")
-    if channels == 2:
-        raise InputError(path, "grayscale+alpha image (2 channels); expected RGB")
-    if channels == 4:
-        raise InputError(path, "RGBA image (4 channels); expected RGB without alpha")
-    if channels != 3:
-        raise InputError(path, f"{channels}-channel image; expected RGB")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return decode_rgb(read_file(path), path)
 
 
 # A pixel is tissue when sum_c -log10(I_c / 255) > TISSUE_OD, i.e. when the

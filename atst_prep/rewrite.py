@@ -20,7 +20,7 @@ from typing import Iterator
 import h5py
 
 from .runner import BuildError
-from .shards import fsync_dir
+from .shard_writer import fsync_dir
 
 
 def copy_hashing(src: Path, dst: Path, block: int = 1 << 22) -> str:

@@ -10,11 +10,13 @@ import numpy as np
 from .shards import (
     ALIGNMENT_ATTRS,
     ALIGNMENT_STATUSES,
+    FILE_KEYS,
     IMAGE_KEYS,
+    LAYOUTS,
     NUCLEI_STATUSES,
+    READABLE_VERSIONS,
     REGISTERED_KEYS,
     SAMPLE_ATTRS,
-    SCHEMA_VERSION,
     ShardError,
     _plain,
     read_header,
@@ -30,8 +32,12 @@ def validate(path: Path) -> list[str]:
         header = read_header(path)
     except ShardError as exc:
         return [str(exc)]
-    if header.get("schema_version") != SCHEMA_VERSION:
-        problems.append(f"schema_version {header.get('schema_version')} (this package reads {SCHEMA_VERSION})")
+    if header.get("schema_version") not in READABLE_VERSIONS:
+        problems.append(f"schema_version {header.get('schema_version')} (this package reads "
+                        f"{', '.join(map(str, READABLE_VERSIONS))})")
+    layout = header.get("layout")
+    if layout not in LAYOUTS:
+        problems.append(f"layout {layout!r} (expected one of {', '.join(LAYOUTS)})")
     for key in ("dataset_id", "split", "shard_index", "n_samples", "params", "package_version"):
         if key not in header:
             problems.append(f"missing root attribute {key!r}")
@@ -45,20 +51,29 @@ def validate(path: Path) -> list[str]:
             problems.append(f"{len(samples)} samples for n_samples = {n}")
         images = bool(header.get("stores_images", True))
         for key in sorted(samples):
-            problems.extend(f"sample {key}: {p}" for p in _validate_sample(samples[key], images))
+            problems.extend(f"sample {key}: {p}" for p in _validate_sample(samples[key], images, layout))
     return problems
 
 
-def _validate_sample(g: h5py.Group, images: bool) -> list[str]:
+def _validate_sample(g: h5py.Group, images: bool, layout: str) -> list[str]:
     problems = [f"missing attribute {a!r}" for a in SAMPLE_ATTRS if a not in g.attrs]
     if problems:
         return problems
     shape = (int(g.attrs["height"]), int(g.attrs["width"]))
-    expected = {"dab": (shape, np.uint16), "hema": (shape, np.uint16), "mask": (shape, np.uint8)}
-    if images:
-        expected.update({k: (shape + (3,), np.uint8) for k in IMAGE_KEYS})
+    expected = {"mask": (shape, np.uint8)}
+    channels = {"dab": (shape, np.uint16), "hema": (shape, np.uint16)}
+    if layout == "compact" and images:  # file bytes; the densities are unmixed from the IHC
+        for key in FILE_KEYS.values():
+            if key not in g:
+                problems.append(f"missing dataset {key!r}")
+            elif g[key].ndim != 1 or g[key].dtype != np.uint8 or not len(g[key]):
+                problems.append(f"{key} is {g[key].shape} {g[key].dtype}, expected the file's bytes, (B,) uint8")
+    else:
+        expected.update(channels)
+        if images:
+            expected.update({k: (shape + (3,), np.uint8) for k in IMAGE_KEYS})
     if any(k in g for k in REGISTERED_KEYS):  # registered by filter-misaligned: all of them, as the originals
-        expected.update({k: expected[src] for k, src in REGISTERED_KEYS.items()})
+        expected.update({k: {**channels, **expected}[src] for k, src in REGISTERED_KEYS.items()})
     for key, (want_shape, want_dtype) in expected.items():
         if key not in g:
             problems.append(f"missing dataset {key!r}")

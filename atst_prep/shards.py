@@ -1,10 +1,12 @@
 """The shard format: one HDF5 file holding many prepared pairs of one split.
 
-Layout (schema version 2; version 1 had no ``windows/``)::
+Layout (schema version 3; version 2 had no ``layout`` and was always "raw", and
+is still read; version 1 had no ``windows/``)::
 
     /                       attrs: schema, schema_version, package_version,
                                    dataset_id, split, shard_index, n_samples,
-                                   source_root, params (JSON), stores_images;
+                                   source_root, params (JSON), stores_images,
+                                   layout ("compact" or "raw");
                                    nuclei_source_sha256 once count-nuclei has
                                    rewritten it (the checksum of the shard before);
                                    alignment (JSON) and alignment_source_sha256 likewise
@@ -15,9 +17,14 @@ Layout (schema version 2; version 1 had no ``windows/``)::
                                    source_root), meta (JSON), height, width,
                                    tissue_fraction_he, tissue_fraction_ihc,
                                    mask_fraction, dab_mean_in_mask
-        he, ihc             (H, W, 3) uint8 RGB         (unless opted out)
-        dab, hema           (H, W) uint16   IHC optical density in rgb2hed units
-                                            times 10^4 (attrs scale = 1e-4)
+        he_file, ihc_file   (B,) uint8      compact layout: the source image files' bytes,
+                                            as they are, read back with :func:`sample_image`
+                                            (with --no-images: dab and hema instead)
+        he, ihc             (H, W, 3) uint8 RGB         raw layout (unless opted out)
+        dab, hema           (H, W) uint16   raw layout: IHC optical density in rgb2hed
+                                            units times 10^4 (attrs scale = 1e-4); in
+                                            the compact layout :func:`sample_channels`
+                                            unmixes the stored IHC into the same values
         mask                (H, W) uint8    1 = DAB-positive (Eq. 1 on the whole tile)
         windows/            attrs: window (side, px), stride (px)
             origins         (K, 2) int32    (y, x) of each fixed training window
@@ -40,21 +47,28 @@ Layout (schema version 2; version 1 had no ``windows/``)::
                                             shift); nuclei/centroids_registered (N, 2)
                                             float32 likewise, once nuclei are counted
 
-Storage choices (measured, see README): every array is chunked 256x256, so
-a 512x512 crop touches at most 9 chunks. Images are stored uncompressed by
-default: LZF saves only ~10 % on tissue pixels and costs ~40 ms per image to
-write and ~6x the read time ("lzf" and "gzip" are options). Stain densities
-are fixed-point uint16 (1e-4 steps, finer than one byte step of the input at
-any intensity; range 0-6.5) with byte shuffle and LZF: ~0.9 MB per channel.
-The mask is uint8 with LZF (~0.1 MB). A 1024x1024 pair costs ~8 MB, or ~2 MB
-without images.
+Layouts (measured in benchmarks/RESULTS.md, "Prep at scale"). The default,
+**compact**, keeps the source files' bytes bit-exact (no second lossy encode)
+and does not store the stain densities: they are a deterministic function of
+the IHC's pixels, and :func:`sample_channels` recomputes exactly the values the
+raw layout stores (tested), so masks, nuclei and every reader's arrays are the
+same in both layouts. A 1024x1024 MIST pair costs about the source JPEGs' bytes
+plus ~0.1 MB of masks; readers pay one JPEG decode per image (and one unmixing
+for the densities). **raw** stores decoded pixels and densities, every array
+chunked 256x256 so a 512x512 crop touches at most 9 chunks: ~9 MB per pair,
+for the fastest loader. Raw images are uncompressed by default (LZF saves only
+~10 % on tissue pixels and costs ~40 ms per image to write and ~6x the read
+time; "lzf" and "gzip" are options); densities are fixed-point uint16 (1e-4
+steps, finer than one byte step of the input at any intensity; range 0-6.5)
+with byte shuffle and LZF: ~1.3 MB per channel on real tissue. Masks are
+uint8 with LZF in both layouts.
 
-Nuclei are detected on the stored (fixed-point) densities, whether at build
+Nuclei are detected on the stored (fixed-point) densities (:func:`sample_channels`), whether at build
 time (``build-masks --counter``) or later (``count-nuclei``), so both give the
 same nuclei; the counter's identity is also in the root ``params`` (key
 ``nuclei``), which is what resuming compares.
 
-Validation against this layout: :mod:`atst_prep.shard_check`.
+Writing: :mod:`atst_prep.shard_writer`. Validation against this layout: :mod:`atst_prep.shard_check`.
 
 Files are written under a temporary name and renamed when complete, so a
 shard that exists is whole. Times are not tracked, so the same inputs and
@@ -67,20 +81,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
 
-import cv2
 import h5py
 import numpy as np
 
-from . import __version__
 from .errors import UserError
 
 SCHEMA = "atst-shard"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+#: Versions this package reads (2: raw layout, before ``layout`` existed).
+READABLE_VERSIONS = (2, 3)
+LAYOUTS = ("compact", "raw")
+#: Where the compact layout keeps each image's source file bytes.
+FILE_KEYS = {"he": "he_file", "ihc": "ihc_file"}
 CHUNK = 256
 IMAGE_KEYS = ("he", "ihc")
 CHANNEL_KEYS = ("dab", "hema")
@@ -124,28 +140,8 @@ class PreparedPair:
     window_stride: int = 0
     window_origins: np.ndarray = None
     window_masks: np.ndarray = None
-
-
-def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
-    return (min(CHUNK, shape[0]), min(CHUNK, shape[1])) + tuple(shape[2:])
-
-
-def _dataset(group: h5py.Group, key: str, data: np.ndarray, *, compression: str | None = "lzf",
-             shuffle: bool = False) -> h5py.Dataset:
-    opts = 1 if compression == "gzip" else None
-    return group.create_dataset(key, data=data, chunks=_chunks(data.shape), compression=compression,
-                                compression_opts=opts, shuffle=shuffle, track_times=False)
-
-
-def _write_windows(g: h5py.Group, pair: PreparedPair) -> None:
-    w = g.create_group("windows", track_order=False)
-    w.attrs["window"], w.attrs["stride"] = int(pair.window), int(pair.window_stride)
-    origins = np.zeros((0, 2), np.int32) if pair.window_origins is None else np.asarray(pair.window_origins, np.int32)
-    w.create_dataset("origins", data=origins, track_times=False)
-    masks = (np.zeros((0, pair.window, pair.window), bool) if pair.window_masks is None else pair.window_masks)
-    masks = np.ascontiguousarray(masks).view(np.uint8)
-    w.create_dataset("mask", data=masks, chunks=(1,) + masks.shape[1:] if len(masks) else None,
-                     compression="lzf" if len(masks) else None, track_times=False)
+    he_file: bytes = b""   # the source files' bytes (the compact layout stores them)
+    ihc_file: bytes = b""
 
 
 def encode_density(density: np.ndarray) -> np.ndarray:
@@ -162,162 +158,6 @@ def decode_density(stored: np.ndarray) -> np.ndarray:
 def as_stored(density: np.ndarray) -> np.ndarray:
     """``density`` as a reader of the shard will get it back (rounded to the fixed point)."""
     return decode_density(encode_density(density))
-
-
-def write_nuclei(group: h5py.Group, nuclei, counter: Mapping) -> None:
-    """Store ``nuclei`` in sample ``group``'s ``nuclei/``, replacing whatever was there.
-
-    ``nuclei`` has ``centroids`` (N, 2) (x, y) px and ``areas`` (N,) px (an
-    :class:`atst_prep.nuclei.Nuclei`); ``counter`` is the counter's identity
-    as in the root ``params["nuclei"]``: ``{"counter", "version", "params"}``
-    and, for a weights file, ``"weights_sha256"``.
-    """
-    centroids = np.asarray(nuclei.centroids, np.float32).reshape(-1, 2)
-    areas = np.asarray(nuclei.areas).astype(np.int32).reshape(-1)
-    if len(areas) != len(centroids):
-        raise ValueError(f"{len(centroids)} centroids but {len(areas)} areas")
-    g = group.require_group("nuclei")
-    for key in ("centroids", "areas", "centroids_registered"):  # registered centroids belong to the old nuclei
-        if key in g:
-            del g[key]
-    for key in list(g.attrs):
-        del g.attrs[key]
-    g.create_dataset("centroids", data=centroids, track_times=False)
-    g.create_dataset("areas", data=areas, track_times=False)
-    attrs = {"status": "done", "counter": counter["counter"], "counter_version": str(counter["version"]),
-             "counter_params": json.dumps(counter.get("params", {}), sort_keys=True), "count": len(areas)}
-    if counter.get("weights_sha256"):
-        attrs["weights_sha256"] = counter["weights_sha256"]
-    for key, value in attrs.items():
-        g.attrs[key] = value
-
-
-def create_like(group: h5py.Group, key: str, data: np.ndarray, template: h5py.Dataset) -> h5py.Dataset:
-    """Write ``data`` as ``group[key]`` (replacing it) stored as ``template`` is: chunks, filter, shuffle."""
-    if key in group:
-        del group[key]
-    return group.create_dataset(key, data=data, chunks=template.chunks, compression=template.compression,
-                                compression_opts=template.compression_opts, shuffle=template.shuffle,
-                                track_times=False)
-
-
-_STR = h5py.string_dtype("utf-8")
-
-
-class ShardWriter:
-    """Write one shard to ``tmp_path``; :meth:`commit` renames it to ``final_path``.
-
-    Use as a context manager: leaving the block without :meth:`commit` (an
-    exception, Ctrl-C) removes the temporary file, and a hard kill leaves only
-    a ``*.partial`` file that the next build deletes.
-    """
-
-    def __init__(self, final_path: Path, header: Mapping[str, object], *, store_images: bool = True,
-                 image_compression: str = "none", counter: Mapping | None = None) -> None:
-        if image_compression not in IMAGE_COMPRESSIONS:
-            raise ValueError(f"image_compression must be one of {IMAGE_COMPRESSIONS}, got {image_compression!r}")
-        self.image_compression = None if image_compression == "none" else image_compression
-        self.final_path = Path(final_path)
-        self.tmp_path = self.final_path.with_name(f".{self.final_path.name}.{os.getpid()}.partial")
-        self.store_images = store_images
-        self.counter = counter
-        self._header = dict(header)
-        self._names: list[str] = []
-        self._rejected: list[str] = []
-        self._file = h5py.File(self.tmp_path, "w", libver=("v110", "v110"), track_order=False)
-
-    def __enter__(self) -> "ShardWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-            self.tmp_path.unlink(missing_ok=True)
-
-    def add(self, pair: PreparedPair, nuclei=None) -> None:
-        """Write one pair; ``nuclei`` (detected on :func:`as_stored` densities) needs the writer's ``counter``."""
-        if nuclei is not None and self.counter is None:
-            raise ValueError("nuclei given to a ShardWriter made without a counter identity")
-        index = len(self._names)
-        g = self._file.create_group(f"samples/{index:05d}", track_order=False)
-        height, width = pair.mask.shape
-        mask = np.ascontiguousarray(pair.mask).view(np.uint8)
-        positive = cv2.countNonZero(mask)
-        attrs = {
-            "name": pair.name,
-            "he_path": pair.he_path,
-            "ihc_path": pair.ihc_path,
-            "meta": json.dumps(dict(pair.meta), sort_keys=True),
-            "height": height,
-            "width": width,
-            "tissue_fraction_he": pair.tissue_fraction_he,
-            "tissue_fraction_ihc": pair.tissue_fraction_ihc,
-            "mask_fraction": positive / mask.size,
-            "dab_mean_in_mask": cv2.mean(pair.dab, mask=mask)[0] if positive else 0.0,
-        }
-        for key, value in attrs.items():
-            g.attrs[key] = value
-        if self.store_images:
-            _dataset(g, "he", pair.he, compression=self.image_compression)
-            _dataset(g, "ihc", pair.ihc, compression=self.image_compression)
-        for key, density in (("dab", pair.dab), ("hema", pair.hema)):
-            d = _dataset(g, key, encode_density(density), shuffle=True)
-            d.attrs["units"] = "rgb2hed optical density"
-            d.attrs["scale"] = CHANNEL_SCALE
-        _dataset(g, "mask", mask)
-        _write_windows(g, pair)
-        if nuclei is None:
-            g.create_group("nuclei").attrs["status"] = "pending"
-        else:
-            write_nuclei(g, nuclei, self.counter)
-        g.create_group("alignment").attrs["status"] = "pending"
-        self._names.append(pair.name)
-
-    @property
-    def n_samples(self) -> int:
-        return len(self._names)
-
-    def reject(self, record: Mapping[str, str]) -> None:
-        """Record one rejected input (``{"name", "file", "reason", ...}``)."""
-        self._rejected.append(json.dumps(dict(record), sort_keys=True))
-
-    def commit(self) -> Path:
-        f = self._file
-        f.create_dataset("names", data=np.array(self._names, dtype=object), dtype=_STR, track_times=False)
-        f.create_dataset("rejected", data=np.array(self._rejected, dtype=object), dtype=_STR, track_times=False)
-        if "samples" not in f:
-            f.create_group("samples")
-        header = {
-            "schema": SCHEMA,
-            "schema_version": SCHEMA_VERSION,
-            "package_version": __version__,
-            **self._header,
-            "n_samples": len(self._names),
-            "stores_images": self.store_images,
-        }
-        for key, value in header.items():
-            f.attrs[key] = json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
-        f.flush()
-        os.fsync(f.id.get_vfd_handle())
-        f.close()
-        self._file = None
-        os.replace(self.tmp_path, self.final_path)
-        fsync_dir(self.final_path.parent)
-        return self.final_path
-
-
-def fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def sha256_of(path: Path, block: int = 1 << 22) -> str:
@@ -341,8 +181,56 @@ def read_header(path: Path) -> dict:
         raise ShardError(f"{path}: not an ATST shard (schema attribute {attrs.get('schema')!r})")
     if "params" in attrs:
         attrs["params"] = json.loads(attrs["params"])
+    attrs.setdefault("layout", "raw")  # schema 2
     attrs["rejected"] = rejected
     return attrs
+
+
+def check_readable(path: Path | str, version) -> None:
+    """Raise a one-line :class:`ShardError` unless this package reads shard schema ``version``."""
+    if version not in READABLE_VERSIONS:
+        raise ShardError(f"{path}: shard schema version {version}, this atst reads "
+                         f"{', '.join(map(str, READABLE_VERSIONS))}; rebuild with 'atst prep build-masks --overwrite'")
+
+
+def sample_image(g: h5py.Group, key: str) -> np.ndarray | None:
+    """The sample's ``"he"`` or ``"ihc"`` as (H, W, 3) uint8 RGB, from either layout; None if not stored."""
+    if key in g:
+        return g[key][()]
+    if FILE_KEYS[key] in g:
+        from .images import decode_rgb
+
+        return decode_rgb(g[FILE_KEYS[key]][()], f"{g.file.filename}:{g.name}/{FILE_KEYS[key]}")
+    return None
+
+
+def pair_images(g: h5py.Group, root: Path | str) -> tuple[np.ndarray, np.ndarray]:
+    """``(he, ihc)`` of a sample: from the shard (either layout), else (``--no-images``) from the source files
+    under ``root``; raises :class:`~atst_prep.images.InputError` naming a file that cannot be read."""
+    from .images import read_rgb
+
+    he, ihc = sample_image(g, "he"), sample_image(g, "ihc")
+    if he is None:
+        he = read_rgb(Path(root) / _plain(g.attrs["he_path"]))
+    if ihc is None:
+        ihc = read_rgb(Path(root) / _plain(g.attrs["ihc_path"]))
+    return he, ihc
+
+
+def sample_channels(g: h5py.Group, ihc: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """The IHC's (DAB, hematoxylin) densities, float32, as the raw layout stores them (1e-4 steps); in the
+    compact layout unmixed from the stored IHC (or ``ihc``, its pixels if already decoded). None if
+    neither densities nor the IHC are stored."""
+    if "dab" in g:
+        return decode_density(g["dab"][()]), decode_density(g["hema"][()])
+    if ihc is None:
+        ihc = sample_image(g, "ihc")
+    if ihc is None:
+        return None
+    from .stain import dab_and_hematoxylin
+
+    dab, hema = dab_and_hematoxylin(ihc)
+    return as_stored(dab), as_stored(hema)
 
 
 def _plain(value):
@@ -368,8 +256,16 @@ def iter_samples(path: Path, *, arrays: tuple[str, ...] = ("he", "ihc", "dab", "
             sample = {k: _plain(v) for k, v in g.attrs.items()}
             sample["meta"] = json.loads(sample.get("meta", "{}"))
             for a in arrays:
-                if a in g:
-                    sample[a] = decode_density(g[a][()]) if a in CHANNEL_KEYS + ("dab_registered",) else g[a][()]
+                if a in IMAGE_KEYS:
+                    image = sample_image(g, a)
+                    if image is not None:
+                        sample[a] = image
+                elif a in CHANNEL_KEYS:
+                    channels = sample_channels(g, sample.get("ihc"))
+                    if channels is not None:
+                        sample[a] = channels[CHANNEL_KEYS.index(a)]
+                elif a in g:
+                    sample[a] = decode_density(g[a][()]) if a == "dab_registered" else g[a][()]
             if "nuclei" in g and "centroids" in g["nuclei"]:
                 sample["centroids"] = g["nuclei/centroids"][()]
                 sample["areas"] = g["nuclei/areas"][()]

@@ -63,8 +63,9 @@ def _check_shard(path: Path, entry: dict) -> list[str]:
     return validate(path)
 
 
-def content_digest(path: Path) -> str:
-    """SHA-256 of a shard's contents: every dataset's name, dtype, shape and values and every attribute.
+def content_digest(path: Path, exclude: frozenset[str] = frozenset()) -> str:
+    """SHA-256 of a shard's contents: every dataset's name, dtype, shape and values and every attribute
+    (but those named in ``exclude``).
 
     Independent of how HDF5 laid the bytes out, so two shards with equal
     digests hold the same data even where their file checksums differ.
@@ -73,7 +74,7 @@ def content_digest(path: Path) -> str:
 
     def add(name: str, obj) -> None:
         digest.update(name.encode())
-        for key in sorted(obj.attrs):
+        for key in sorted(k for k in obj.attrs if k not in exclude):
             digest.update(key.encode() + repr(_plain(obj.attrs[key])).encode())
         if isinstance(obj, h5py.Dataset):
             value = obj[()]

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from atst_prep import errors as _errors
 from atst_prep.errors import UserError
 
 #: Messages and progress go to stderr so stdout stays clean for results.
@@ -30,16 +31,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 warnings.showwarning = _show_warning
 
 
-class ConfigError(UserError):
-    """Invalid parameters given on the command line."""
-
-
-def make_config(factory: Callable, *args, **kwargs):
-    """Build a validated config; its ValueError becomes a one-line user error."""
-    try:
-        return factory(*args, **kwargs)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+#: Invalid parameters: what :func:`make_config` raises (one line, exit 1).
+ConfigError = _errors.ConfigError
+make_config = _errors.checked
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:

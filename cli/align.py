@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ._common import command, console, default_jobs, fail, make_config, progress_bar
+from ._common import command, console, default_jobs, make_config, progress_bar
 from .prep import app
 
 _RULE_TEXT = {"unscorable": "could not be scored", "shift": "shift beyond the limit",
@@ -49,13 +49,9 @@ def filter_misaligned(
     scaled), its rotation 5 deg, or its score is below 0.1. Rerunning with the
     same options changes nothing. Exit codes: 0 done, 1 error, 130 interrupted.
     """
-    import cv2
-
-    from atst_prep.align.pictures import score_histogram, worst_rows
     from atst_prep.align.score import AlignConfig
     from atst_prep.align.select import Selection
     from atst_prep.align.store import filter_misaligned as run_filter
-    from atst_prep.align.store import write_if_changed
 
     config = make_config(AlignConfig, max_rotation=search_rotation)
     selection = make_config(Selection, max_shift=max_shift, max_rotation=max_rotation, min_score=min_score,
@@ -77,7 +73,7 @@ def filter_misaligned(
 
     try:
         summary = run_filter(shards, config, selection, register=register, keep_list=keep_list, splits=split,
-                             jobs=jobs, backend=backend, scheduler=scheduler, on_start=on_start,
+                             worst=worst, jobs=jobs, backend=backend, scheduler=scheduler, on_start=on_start,
                              on_shard=lambda r: bar.advance(scoring, len(r["samples"])),
                              on_write_start=on_write_start, on_write=lambda e: bar.advance(writing, e["n_samples"]))
     finally:
@@ -96,21 +92,9 @@ def filter_misaligned(
     for path in summary.keep_lists:
         typer.echo(f"keep-list: {path}")
     for manifest in summary.manifests:
-        folder = manifest.parent
-        rows = summary.rows[str(folder)]
-        scored = [r for r in rows if r["alignment"].scored]
-        histogram = score_histogram([r["alignment"].score for r in scored], [r["kept"] for r in scored],
-                                    summary.cuts[str(folder)], n_unscorable=len(rows) - len(scored),
-                                    title=f"{folder.name}: alignment scores ({len(rows)} pairs)")
-        for name, picture in (("alignment-scores.png", histogram), ("alignment-worst.png",
-                                                                    worst_rows(folder, rows, worst))):
-            if picture is None:
-                continue
-            ok, png = cv2.imencode(".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
-            if not ok:
-                raise fail(f"{folder / name}: could not encode PNG")
-            write_if_changed(folder / name, png.tobytes())
-            typer.echo(f"picture: {folder / name}")
+        for picture in summary.pictures:
+            if picture.parent == manifest.parent:
+                typer.echo(f"picture: {picture}")
         typer.echo(f"manifest: {manifest}")
 
 

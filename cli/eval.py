@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ._common import EXIT_REJECTED, command, console, fail, progress_bar
+from ._common import EXIT_REJECTED, command, console, progress_bar
 
 
 @command
@@ -52,21 +52,23 @@ def eval_command(
     """
     from atst_model.eval.run import evaluate
 
-    if truth is not None and not truth.is_file():  # before the long part
-        raise fail(f"{truth}: truth file not found (truth_<split>.npz of 'atst data synth')")
     bar = progress_bar("pairs")
     task = None
 
     def on_start(n: int) -> None:
         nonlocal task
         task = bar.add_task("eval", total=n, t0=time.perf_counter())
+        bar.start()  # only once the inputs are checked: an error before is one line
 
-    with bar:
+    try:
         result = evaluate(fake, real, he, out, device, inception_weights=inception_weights,
                           resnet_weights=resnet_weights, kid_weights=kid_weights, fid_weights=fid_weights,
-                          kid_subsets=kid_subsets,
-                          phv_normalisation=phv_normalisation, compare=compare, on_start=on_start,
+                          kid_subsets=kid_subsets, phv_normalisation=phv_normalisation, compare=compare,
+                          truth=truth, closing_radius=closing_radius, on_start=on_start,
                           on_pair=lambda: bar.advance(task))
+    finally:
+        if bar.live.is_started:
+            bar.stop()
     for line in result.rejected:
         console.print(f"[yellow]rejected:[/] {line}", soft_wrap=True)
     s = result.summary
@@ -85,19 +87,12 @@ def eval_command(
         typer.echo(f"note: {p['note']}")
     typer.echo(f"report: {out}/report.html  (also {out}/report.png, {out}/histograms.png, {out}/per_image.csv, "
                f"{out}/summary.json)")
-    rejected = list(result.rejected)
-    if truth is not None:
-        from atst_model.eval.truth import score_folder
-        from atst_prep.mask import MaskConfig
-        from atst_prep.nuclei import make_counter
-
-        _, t, more = score_folder(fake, real, truth, MaskConfig(closing_radius=closing_radius),
-                                  make_counter("classical"), out_csv=out / "truth_scores.csv")
-        for line in more:
+    if result.truth is not None:
+        for line in result.truth_rejected:
             console.print(f"[yellow]rejected:[/] {line}", soft_wrap=True)
-        rejected += more
+        t = result.truth
         typer.echo(f"truth ({t['tiles']} tiles, {t['positive_tiles']} positive): Dice {t['dice']:.4f}  "
                    f"IoU {t['iou']:.4f}  |DAB error| {t['dab_abs_error']:.4f}  "
                    f"count rel. error {t['count_rel_error']:.4f}  -> {out}/truth_scores.csv")
-    if rejected:
+    if result.rejected or result.truth_rejected:
         raise typer.Exit(EXIT_REJECTED)

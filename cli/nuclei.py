@@ -33,45 +33,32 @@ def train_nuclei(
                                   "thresholds are chosen after training; 0 keeps the defaults."),
 ) -> None:
     """Train CPP-Net (probability, 32 rays, context enhancement, density head) on synthetic tiles and pseudo-labels."""
-    from atst_model.cppnet import CONFIGS, save_checkpoint
-    from atst_model.cppnet.train import TrainConfig, pseudo_label_tiles, synthetic_tiles, train
+    from atst_model.cppnet import CONFIGS
+    from atst_model.cppnet.train import TrainConfig
+    from atst_model.cppnet.train import train_nuclei as run_training
 
     if config not in CONFIGS:
         raise typer.BadParameter(f"unknown config {config!r}; choose {', '.join(CONFIGS)}", param_hint="--config")
-    model_config = CONFIGS[config]
     writable_folder(out.parent)  # before training, not after
     train_config = make_config(TrainConfig, steps=steps, batch=batch, crop=crop, lr=lr, seed=seed)
-    console.print(f"rendering {synthetic} synthetic tiles ({synthetic_size} px)")
-    tiles = synthetic_tiles(synthetic, size=synthetic_size, seed=seed, in_channels=model_config.in_channels)
-    if shards is not None:
-        from atst_model.train.trainer import shard_paths
-
-        paths = shard_paths(shards)
-        pseudo = pseudo_label_tiles(paths, in_channels=model_config.in_channels, max_tiles=max_pseudo)
-        console.print(f"{len(pseudo)} real IHC tiles pseudo-labelled by the classical detector")
-        tiles += pseudo
     bar = progress_bar("steps")
-    task = bar.add_task("train-nuclei", total=steps, t0=time.perf_counter())
-    with bar:
-        def on_step(step: int, record: dict) -> None:
-            bar.update(task, completed=step,
-                       description=f"train-nuclei loss {record['total']:.3f}")
+    task = None
 
-        model, history = train(model_config, tiles, train_config, device=device, on_step=on_step)
-    calibration = {}
-    if calibrate:
-        from dataclasses import replace
+    def on_start(total: int) -> None:
+        nonlocal task
+        task = bar.add_task("train-nuclei", total=total, t0=time.perf_counter())
+        bar.start()
 
-        from atst_model.cppnet.train import calibrate_thresholds
+    def on_step(step: int, record: dict) -> None:
+        bar.update(task, completed=step, description=f"train-nuclei loss {record['total']:.3f}")
+        if step == steps:
+            bar.stop()  # before the calibration's lines
 
-        console.print(f"choosing thresholds on {calibrate} held-out synthetic tiles")
-        held_out = synthetic_tiles(calibrate, size=512, seed=seed + 7919, in_channels=model_config.in_channels)
-        prob, nms, calibration = calibrate_thresholds(model, held_out)
-        model.config = replace(model.config, prob_thresh=prob, nms_thresh=nms)
-        console.print(f"thresholds: probability {prob}, NMS {nms}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tail = history[-50:]
-    save_checkpoint(model, out, config_name=config, steps=steps, batch=batch, crop=crop, lr=lr, seed=seed,
-                    synthetic_tiles=synthetic, synthetic_size=synthetic_size, pseudo_tiles=len(tiles) - synthetic,
-                    final_loss=sum(r["total"] for r in tail) / len(tail), calibration=calibration)
+    try:
+        run_training(out, config, train_config, synthetic=synthetic, synthetic_size=synthetic_size, shards=shards,
+                     max_pseudo=max_pseudo, calibrate=calibrate, device=device, on_message=console.print,
+                     on_start=on_start, on_step=on_step)
+    finally:
+        if bar.live.is_started:
+            bar.stop()
     typer.echo(f"nucleus model: {out}  (use: --counter cppnet --nuclei-weights {out})")

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ._common import EXIT_REJECTED, command, console, default_jobs, fail, make_config, progress_bar
+from ._common import EXIT_REJECTED, command, console, default_jobs, fail, progress_bar
 
 app = typer.Typer(help="Offline preparation: masks and stain channels into HDF5 shards.", no_args_is_help=True)
 
@@ -35,7 +35,11 @@ def build_masks(
                                                 "equal to --window: 4 non-overlapping windows)."),
     shard_size: int = typer.Option(32, help="Pairs per shard file."),
     no_images: bool = typer.Option(False, "--no-images", help="Do not copy H&E/IHC pixels into the shards."),
-    image_compression: str = typer.Option("none", help="HDF5 filter for stored images: none (fastest), lzf, gzip."),
+    layout: str = typer.Option("compact", "--layout", help="compact: keep the source image files' bytes (about the "
+                               "source's size; the densities are unmixed again when read); raw: decoded pixels and "
+                               "densities (~9 MB per 1024 px pair, the fastest loader)."),
+    image_compression: str = typer.Option("none", help="HDF5 filter for images of the raw layout: none (fastest), lzf, "
+                                          "gzip."),
     jobs: int = typer.Option(0, "--jobs", "-j", help="Parallel workers (0 = all cores; 1 with --counter cppnet, "
                              "whose network already uses every core or the GPU)."),
     backend: str = typer.Option("joblib", help="joblib (this machine) or dask (a Dask cluster)."),
@@ -55,51 +59,16 @@ def build_masks(
     Resumable: re-running skips finished shards. Exit codes: 0 done, 1 error,
     3 done but some inputs were rejected (listed, and in the manifest), 130 interrupted.
     """
-    from atst_prep.build import BuildConfig, BuildSummary, build
-    from atst_prep.mask import MaskConfig
-    from atst_prep.nuclei.store import NO_COUNTER
-    from atst_prep.sources import NUCLEAR_MARKERS, count_mismatch, detect, load_descriptor
-    from atst_prep.synth import is_synthetic
+    from atst_prep.build_masks import build_masks
 
-    sources = detect(data)
-    if dataset:
-        unknown = sorted(set(dataset) - {s.id for s in sources})
-        if unknown:
-            raise fail(f"{data}: no dataset {', '.join(unknown)} (found: {', '.join(s.id for s in sources)})")
-        sources = [s for s in sources if s.id in dataset]
-    descriptors = {s.id: load_descriptor(s.id) for s in sources}
-    radii = {d.closing_radius for d in descriptors.values() if d is not None}
-    radius = closing_radius if closing_radius is not None else (radii.pop() if len(radii) == 1 else 30)
-    mask = make_config(MaskConfig, sigma=sigma, closing_radius=radius, min_dab=min_dab)
-    if nuclei_channel not in ("auto", "hema", "hema+dab"):
-        raise fail(f"--nuclei-channel must be auto, hema or hema+dab, got {nuclei_channel!r}")
-    groups: dict[tuple, list] = {}  # datasets that share one configuration are built together
-    for source in sources:
-        options = ()
-        if counter == "classical":
-            channel = nuclei_channel if nuclei_channel != "auto" else \
-                ("hema+dab" if source.marker in NUCLEAR_MARKERS else "hema")
-            options = (("channel", channel),)
-        groups.setdefault(options, []).append(source)
-    configs = {options: make_config(
-        BuildConfig, mask=mask, shard_size=shard_size, store_images=not no_images, min_tissue=min_tissue,
-        image_compression=image_compression, window=window,
-        window_stride=window_stride, counter=None if counter == NO_COUNTER else counter,
-        counter_weights=str(nuclei_weights) if nuclei_weights is not None else None, counter_options=options)
-        for options in groups}
-    for source in sources:
-        if source.kind == "mist" and is_synthetic(source.root.parent):
-            console.print(f"{source.id}: synthetic data (atst data synth), not checked against published counts")
-            continue
-        for name in source.splits:
-            if split and name not in split:
-                continue
-            warning = count_mismatch(source, source.list_split(name), descriptors[source.id])
-            if warning:
-                console.print(f"[yellow]warning:[/] {warning}")
     jobs = jobs or (1 if counter == "cppnet" else default_jobs())
-    console.print(f"building {', '.join(s.id for s in sources)} -> {out}  (closing radius {radius} px, "
-                  f"nuclei: {counter}, {jobs} {backend} worker{'s' * (jobs > 1)})")
+
+    def on_note(line: str) -> None:
+        console.print(f"[yellow]warning:[/]{line.removeprefix('warning:')}" if line.startswith("warning:") else line)
+
+    def on_ready(ids: list[str], radius: int) -> None:
+        console.print(f"building {', '.join(ids)} -> {out}  (closing radius {radius} px, nuclei: {counter}, "
+                      f"{jobs} {backend} worker{'s' * (jobs > 1)})")
 
     bar = progress_bar("pairs")
     task = bar.add_task("build-masks", total=None)
@@ -115,12 +84,14 @@ def build_masks(
     def on_reject(record: dict) -> None:
         console.print(f"[yellow]rejected[/] {record['file']}: {record['reason']}")
 
-    summary = BuildSummary()
     try:
-        for options, group in groups.items():
-            summary.merge(build(group, out, configs[options], splits=split, jobs=jobs, backend=backend,
-                                scheduler=scheduler, overwrite=overwrite, on_start=on_start, on_reject=on_reject,
-                                on_shard=lambda e: bar.advance(task, e["n_pairs"])))
+        summary = build_masks(
+            data, out, datasets=dataset, splits=split, closing_radius=closing_radius, sigma=sigma, min_dab=min_dab,
+            min_tissue=min_tissue, window=window, window_stride=window_stride, shard_size=shard_size,
+            store_images=not no_images, image_compression=image_compression, layout=layout, counter=counter,
+            nuclei_weights=nuclei_weights, nuclei_channel=nuclei_channel, jobs=jobs, backend=backend,
+            scheduler=scheduler, overwrite=overwrite, on_note=on_note, on_ready=on_ready, on_start=on_start,
+            on_reject=on_reject, on_shard=lambda e: bar.advance(task, e["n_pairs"]))
     finally:
         if bar.live.is_started:
             bar.stop()

@@ -12,6 +12,7 @@ import csv
 import hashlib
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import h5py
@@ -19,7 +20,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from atst_prep.align import store
+from atst_prep.align import pictures, store
+from atst_prep.align.pictures import PICTURES
 from atst_prep.align.register import register_image
 from atst_prep.build import read_manifest
 from atst_prep.images import tissue_fraction
@@ -145,6 +147,38 @@ def test_filter_misaligned_after_build_masks_keeps_aligned_pairs_and_reports_the
         assert f"picture: {shards / 'mist-her2' / picture}" in result.output
 
 
+def test_the_library_call_writes_what_the_command_writes(shards, dataset, tmp_path):
+    """``store.filter_misaligned`` from Python: the command's shards, keep-list and pictures, byte for byte."""
+    other = tmp_path / "other"
+    shutil.copytree(dataset[1], other)
+    result = _filter(shards)
+    assert result.exit_code == 0, result.output
+    summary = store.filter_misaligned(other, keep_list=tmp_path / "keep2.csv")
+    assert summary.pictures == [other / "mist-her2" / name for name in PICTURES]
+    for path in summary.pictures:
+        image = cv2.imread(str(path))
+        assert image is not None and image.shape[1] >= 700
+        assert f"picture: {shards / path.relative_to(other)}" in result.output
+
+    def written(root: Path) -> dict[Path, str]:
+        return {Path(k).relative_to(root): v for k, v in _digests(root).items() if k.endswith((".h5", ".png"))}
+
+    assert written(shards) == written(other) and len(written(other)) == 5  # 3 shards, 2 pictures
+    assert (tmp_path / "keep.csv").read_bytes() == (tmp_path / "keep2.csv").read_bytes()
+    again = store.filter_misaligned(other, keep_list=tmp_path / "keep2.csv", pictures=False)
+    assert again.pictures == [] and again.shards_written == 0
+
+
+def test_a_picture_that_cannot_be_encoded_is_a_one_line_error(shards, monkeypatch):
+    monkeypatch.setattr(pictures.cv2, "imencode", lambda *args: (False, None))
+    result = _filter(shards)
+    message = f"{shards / 'mist-her2' / PICTURES[0]}: could not encode PNG"
+    assert result.exit_code == 1 and message in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+    with pytest.raises(pictures.PictureError, match="could not encode PNG"):
+        store.filter_misaligned(shards, keep_list=shards.parent / "keep.csv")
+
+
 def test_a_second_run_changes_nothing(shards):
     assert _filter(shards).exit_code == 0
     before = _digests(shards, shards.parent / "keep.csv")
@@ -197,8 +231,10 @@ def test_register_moves_mask_dab_and_centroids_into_the_he_frame(shards, dataset
     with h5py.File(shards / "mist-her2" / "train" / "shard-00000.h5") as f:
         g = f["samples/00000"]
         for key, source in (("mask_registered", "mask"), ("dab_registered", "dab")):
-            assert g[key].chunks == g[source].chunks and g[key].compression == g[source].compression
-            assert g[key].shuffle == g[source].shuffle
+            # the compact layout stores no DAB: the registered one is stored as the raw layout stores DAB
+            like = g[source] if source in g else SimpleNamespace(chunks=(256, 256), compression="lzf", shuffle=True)
+            assert g[key].chunks == like.chunks and g[key].compression == like.compression
+            assert g[key].shuffle == like.shuffle
     assert verify(shards).problems == []
     before = _digests(shards)
     assert "0 shards written" in _filter(shards).output  # registered targets are kept, not dropped

@@ -12,7 +12,8 @@ from atst_model.cppnet.count import soft_count
 from atst_model.cppnet.counter import BUNDLED_WEIGHTS, labels_to_nuclei
 from atst_model.cppnet.predict import maps_to_instances
 from atst_model.cppnet.targets import density_map, instance_centroids, make_targets
-from atst_model.cppnet.train import TrainConfig, synthetic_tiles, train
+from atst_model.cppnet.train import TrainConfig, synthetic_tiles, train, train_nuclei
+from atst_prep.errors import ConfigError
 from atst_prep.mask import MaskConfig, dab_mask
 from atst_prep.nuclei import count_in_mask, make_counter
 from atst_prep.nuclei.metrics import instance_f1
@@ -99,6 +100,39 @@ def test_a_few_training_steps_lower_the_loss():
     first = np.mean([h["total"] for h in history[:5]])
     last = np.mean([h["total"] for h in history[-5:]])
     assert last < 0.8 * first
+
+
+def test_train_nuclei_from_python_writes_the_checkpoint_the_command_writes(tmp_path, monkeypatch):
+    """``train_nuclei`` (the library of ``atst prep train-nuclei``): same weights, thresholds and metadata."""
+    from typer.testing import CliRunner
+
+    from atst_model.cppnet import train as train_module
+    from cli.main import app
+
+    # 64 px held-out tiles: an untrained network finds nuclei everywhere, and NMS over 512 x 512 takes minutes
+    monkeypatch.setattr(train_module, "CALIBRATION_SIZE", 64)
+    lines = []
+    settings = TrainConfig(steps=2, batch=1, crop=64, seed=3)
+    result = train_nuclei(tmp_path / "lib" / "m.pt", "tiny", settings, synthetic=1, synthetic_size=64, calibrate=1,
+                          device="cpu", on_message=lines.append)
+    assert lines[0] == "rendering 1 synthetic tiles (64 px)" and lines[-1].startswith("thresholds: probability ")
+    command = CliRunner().invoke(app, ["prep", "train-nuclei", "--out", str(tmp_path / "cli" / "m.pt"), "--config",
+                                       "tiny", "--steps", "2", "--batch", "1", "--crop", "64", "--seed", "3",
+                                       "--synthetic", "1", "--synthetic-size", "64", "--calibrate", "1",
+                                       "--device", "cpu"])
+    assert command.exit_code == 0, command.output
+    assert f"nucleus model: {tmp_path / 'cli' / 'm.pt'}" in command.output
+    assert "thresholds: probability " in command.output
+    model, meta = load_checkpoint(result.path)
+    other, other_meta = load_checkpoint(tmp_path / "cli" / "m.pt")
+    assert meta == other_meta and meta["calibration"] == result.calibration and len(result.calibration) == 9
+    assert model.config == other.config == result.model.config
+    assert (model.config.prob_thresh, model.config.nms_thresh) == tuple(
+        float(x) for x in max(result.calibration, key=result.calibration.get).split("/"))
+    for a, b in zip(model.state_dict().values(), other.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ConfigError, match="unknown network config 'huge'"):
+        train_nuclei(tmp_path / "x.pt", "huge")
 
 
 def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):

@@ -129,3 +129,30 @@ def test_centroid_f1_with_empty_inputs():
     assert (missed.fn, missed.recall, missed.f1) == (1, 0.0, 0.0)
     with pytest.raises(ValueError, match="max_distance"):
         centroid_f1(none, none, 0.0)
+
+
+def test_table_and_sort_paths_give_what_np_unique_gives():
+    from atst_prep.nuclei.metrics import _distinct_counts, _sequential
+
+    rng = np.random.default_rng(5)
+    small = rng.integers(0, 50, 1000)           # a look-up table
+    huge = rng.integers(0, 50, 1000) * 10**7    # ids far beyond the pixel count: a sort
+    for flat in (small, huge, np.zeros(0, np.int64)):
+        ids, seq = _sequential(flat)
+        ref_ids, ref_seq = np.unique(flat, return_inverse=True)
+        np.testing.assert_array_equal(ids, ref_ids)
+        np.testing.assert_array_equal(seq, ref_seq.ravel())
+    for top in (50, 10**9):
+        values, counts = _distinct_counts(small, top)
+        ref_values, ref_counts = np.unique(small, return_counts=True)
+        np.testing.assert_array_equal(values, ref_values)
+        np.testing.assert_array_equal(counts, ref_counts)
+
+
+def test_huge_label_values_score_as_their_sequential_relabelling():
+    true = _squares((40, 40), [(0, 10, 0, 10), (20, 30, 20, 30), (0, 8, 30, 38)])
+    pred = np.roll(true, (1, 2), axis=(0, 1))
+    pred[pred == 3] = 0
+    small = instance_f1(pred, true, 0.5)
+    big = instance_f1(np.where(pred > 0, pred * 10**9 + 7, 0), np.where(true > 0, true * 10**8, 0), 0.5)
+    assert big == small and (small.tp, small.fp, small.fn) == (2, 0, 1)

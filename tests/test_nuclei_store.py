@@ -14,10 +14,10 @@ import h5py
 import numpy as np
 import pytest
 
-from atst_prep import preview
+from atst_prep import engine, preview
 from atst_prep.build import BuildConfig, BuildError, build, read_manifest
 from atst_prep.mask import MaskConfig
-from atst_prep.nuclei import count_in_mask, store
+from atst_prep.nuclei import count_in_mask
 from atst_prep.nuclei.store import CounterError, count_nuclei, load_counter
 from atst_prep.shard_check import validate
 from atst_prep.shards import as_stored, iter_samples, read_header
@@ -138,7 +138,7 @@ def test_a_kill_between_renaming_a_shard_and_updating_the_manifest_is_repaired_b
                                                                                             monkeypatch):
     out = _copy(pending, tmp_path / "out")
     writes = {"n": 0}
-    write_manifest_file = store.write_manifest_file
+    write_manifest_file = engine.write_manifest_file  # every pass writes manifests through the engine
 
     def dies_before_recording_the_first_shard(folder, manifest):
         writes["n"] += 1
@@ -146,10 +146,10 @@ def test_a_kill_between_renaming_a_shard_and_updating_the_manifest_is_repaired_b
             raise KeyboardInterrupt
         return write_manifest_file(folder, manifest)
 
-    monkeypatch.setattr(store, "write_manifest_file", dies_before_recording_the_first_shard)
+    monkeypatch.setattr(engine, "write_manifest_file", dies_before_recording_the_first_shard)
     with pytest.raises(KeyboardInterrupt):
         count_nuclei(out, "test-blobs")
-    monkeypatch.setattr(store, "write_manifest_file", write_manifest_file)
+    monkeypatch.setattr(engine, "write_manifest_file", write_manifest_file)
     assert any("checksum mismatch" in p for p in verify(out).problems)  # one shard is new, its entry old
     summary = count_nuclei(out, "test-blobs")
     assert summary.shards_counted == 2 and summary.shards_skipped == 1

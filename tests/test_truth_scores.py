@@ -147,11 +147,14 @@ def test_score_folder_pairs_by_name_and_reports_bad_files(synth_data, tmp_path):
 
 
 def test_atst_eval_with_truth_writes_truth_scores(synth_data, tmp_path, monkeypatch):
+    """The command, and ``evaluate(..., truth=...)`` from Python writing the same files."""
     import csv
     import warnings
 
     from typer.testing import CliRunner
 
+    from atst_model.eval.run import evaluate
+    from atst_prep.images import InputError
     from cli.main import app
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # no ResNet-50: PHV is skipped
@@ -171,3 +174,15 @@ def test_atst_eval_with_truth_writes_truth_scores(synth_data, tmp_path, monkeypa
     bad = CliRunner().invoke(app, ["eval", "--fake", str(ihc), "--real", str(ihc), "--out", str(out),
                                    "--kid-subsets", "2", "--truth", str(tmp_path / "missing.npz")])
     assert bad.exit_code == 1 and "missing.npz" in bad.output and "Traceback" not in bad.output
+    lib = tmp_path / "lib"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = evaluate(ihc, ihc, None, lib, kid_subsets=2, truth=root / "truth_val.npz", closing_radius=5)
+    assert sorted(p.name for p in lib.iterdir()) == sorted(p.name for p in out.iterdir()) == [
+        "histograms.png", "per_image.csv", "report.html", "report.png", "summary.json", "truth_scores.csv"]
+    for path in out.iterdir():  # the report names its inputs, not its folder: the same bytes
+        assert (lib / path.name).read_bytes() == path.read_bytes(), path.name
+    assert result.truth["tiles"] == len(rows) and result.truth_rejected == []
+    with pytest.raises(InputError, match="truth file not found"):
+        evaluate(ihc, ihc, None, tmp_path / "never", truth=tmp_path / "missing.npz")
+    assert not (tmp_path / "never").exists()

@@ -7,21 +7,30 @@ Two sources of instance labels, freely mixed:
 
 Crops are augmented by the eight flips/rotations of the square; targets are
 computed per crop from the transformed labels, so ray directions stay right.
+
+:func:`train_nuclei` is ``atst prep train-nuclei`` as a library call: tiles,
+training, threshold calibration on held-out synthetic tiles, the checkpoint.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
+from atst_prep.errors import ConfigError
+
 from .losses import LossWeights, cppnet_loss
-from .model import CppNet, CppNetConfig
+from .model import CONFIGS, CppNet, CppNetConfig, save_checkpoint
 from .targets import make_targets
+
+#: Side (px) of the held-out synthetic tiles the thresholds are chosen on, and their seed's offset from the
+#: training seed (so they are never training tiles).
+CALIBRATION_SIZE, CALIBRATION_SEED_OFFSET = 512, 7919
 
 
 @dataclass(frozen=True)
@@ -175,3 +184,70 @@ def calibrate_thresholds(model: CppNet, tiles: Sequence[Tile], *, prob_grid=(0.4
             scores[(p, n)] = float(np.mean(f1) - np.mean(err))
     best = max(scores, key=scores.get)
     return best[0], best[1], {f"{p}/{n}": s for (p, n), s in scores.items()}
+
+
+@dataclass
+class TrainedNuclei:
+    """What :func:`train_nuclei` made: the checkpoint at ``path`` holds ``model`` (eval mode, CPU).
+
+    ``model.config`` carries the calibrated thresholds when ``calibration``
+    (score per ``"prob/nms"``) is not empty; ``history`` is the per-step losses.
+    """
+
+    path: Path
+    model: CppNet
+    history: list[dict]
+    pseudo_tiles: int
+    calibration: dict
+
+
+def train_nuclei(out: Path, network: str = "small", config: TrainConfig = TrainConfig(), *, synthetic: int = 32,
+                 synthetic_size: int = 256, shards: Path | None = None, max_pseudo: int = 64, calibrate: int = 6,
+                 device: str | None = None, on_message: Callable[[str], None] | None = None,
+                 on_start: Callable[[int], None] | None = None,
+                 on_step: Callable[[int, dict], None] | None = None) -> TrainedNuclei:
+    """Train the CPP-Net ``network`` (a name of :data:`.model.CONFIGS`) and write its checkpoint to ``out``.
+
+    Tiles: ``synthetic`` synthetic tiles of ``synthetic_size`` px, plus with
+    ``shards`` (a shard folder) at most ``max_pseudo`` of their real IHC tiles
+    pseudo-labelled by the classical detector. With ``calibrate`` > 0 the
+    probability and NMS thresholds are then chosen on that many held-out
+    synthetic tiles (:data:`CALIBRATION_SIZE` px; :func:`calibrate_thresholds`);
+    0 keeps the network's defaults. The checkpoint's metadata records every
+    setting, the pseudo-tile count, the mean loss of the last 50 steps and
+    the calibration scores. ``on_message(line)`` gets one line per stage,
+    ``on_start(steps)`` and ``on_step(step, losses)`` report the training.
+    Raises :class:`ConfigError` for an unknown ``network``.
+    """
+    model_config = CONFIGS.get(network)
+    if model_config is None:
+        raise ConfigError(f"unknown network config {network!r}; choose {', '.join(CONFIGS)}")
+    say = on_message or (lambda line: None)
+    channels = model_config.in_channels
+    say(f"rendering {synthetic} synthetic tiles ({synthetic_size} px)")
+    tiles = synthetic_tiles(synthetic, size=synthetic_size, seed=config.seed, in_channels=channels)
+    if shards is not None:
+        from atst_model.train.trainer import shard_paths
+
+        pseudo = pseudo_label_tiles(shard_paths(shards), in_channels=channels, max_tiles=max_pseudo)
+        say(f"{len(pseudo)} real IHC tiles pseudo-labelled by the classical detector")
+        tiles += pseudo
+    if on_start:
+        on_start(config.steps)
+    model, history = train(model_config, tiles, config, device=device, on_step=on_step)
+    calibration = {}
+    if calibrate:
+        say(f"choosing thresholds on {calibrate} held-out synthetic tiles")
+        held_out = synthetic_tiles(calibrate, size=CALIBRATION_SIZE, seed=config.seed + CALIBRATION_SEED_OFFSET,
+                                   in_channels=channels)
+        prob, nms, calibration = calibrate_thresholds(model, held_out)
+        model.config = replace(model.config, prob_thresh=prob, nms_thresh=nms)
+        say(f"thresholds: probability {prob}, NMS {nms}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tail = history[-50:]
+    save_checkpoint(model, out, config_name=network, steps=config.steps, batch=config.batch, crop=config.crop,
+                    lr=config.lr, seed=config.seed, synthetic_tiles=synthetic, synthetic_size=synthetic_size,
+                    pseudo_tiles=len(tiles) - synthetic, final_loss=sum(r["total"] for r in tail) / len(tail),
+                    calibration=calibration)
+    return TrainedNuclei(out, model, history, len(tiles) - synthetic, calibration)

@@ -4,7 +4,8 @@ Outputs in ``out_dir``: ``per_image.csv`` (name, psnr, ssim, css), ``summary.jso
 (means, FID, KID, PHV, the feature extractors and conventions used, rejected
 inputs, and with ``compare`` the paper's published numbers), ``report.png`` (metrics
 table and best/median/worst pairs by SSIM), ``histograms.png`` and a self-contained
-``report.html`` (see :mod:`.report`).
+``report.html`` (see :mod:`.report`); with a synthetic ``truth`` file, ``truth_scores.csv``
+(one row per tile scored against the exact truth, see :mod:`.truth`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from typing import Callable
 import numpy as np
 
 from atst_model.metrics import css, frechet_distance, kid_x1000, phv_per_layer, psnr, ssim
+from atst_prep.errors import checked
 from atst_prep.images import InputError
+from atst_prep.mask import MaskConfig
 
 from . import features as feat
 from . import published as pub
@@ -54,10 +57,20 @@ def fid(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
 
 @dataclass
 class EvalResult:
+    """What :func:`evaluate` measured and wrote into ``out_dir``.
+
+    ``rejected`` (one line per unusable input of the metrics) and
+    ``truth_rejected`` (of the truth scores) are kept apart, as the command
+    prints them; ``truth`` is the truth scores' summary (:func:`.truth.summarise`),
+    None without a truth file.
+    """
+
     summary: dict
     rows: list[dict]
     rejected: list[str] = field(default_factory=list)
     out_dir: Path | None = None
+    truth: dict | None = None
+    truth_rejected: list[str] = field(default_factory=list)
 
 
 def _finite(x: float) -> float | str:
@@ -68,7 +81,8 @@ def evaluate(fake_dir, real_dir, he_dir=None, out_dir="eval", device: str = "cpu
              inception_weights=None, resnet_weights=None, kid_weights=None, fid_weights=None,
              kid_subsets: int = 100, kid_seed: int = 0,
              phv_threshold: float = 0.01, phv_normalisation: str = "asp", batch: int = 16, compare: str | None = None,
-             on_start: Callable[[int], None] | None = None, on_pair: Callable[[], None] | None = None) -> EvalResult:
+             truth=None, closing_radius: int = 30, on_start: Callable[[int], None] | None = None,
+             on_pair: Callable[[], None] | None = None) -> EvalResult:
     """Evaluate the fakes in ``fake_dir`` against the same-named reals in ``real_dir``.
 
     Unmatched names, unreadable files and size mismatches are reported in
@@ -80,9 +94,17 @@ def evaluate(fake_dir, real_dir, he_dir=None, out_dir="eval", device: str = "cpu
     is given or ``inception_v3_google-*.pth`` is in the torch hub cache, FID pytorch-fid's
     Inception likewise (``fid_weights``, ``pt_inception-2015-12-05-*.pth``); otherwise both use
     the bundled TorchScript Inception, labelled as such in ``summary["conventions"]``.
-    Raises :class:`InputError` for missing folders / weights, an unknown ``compare`` name, or
-    when no pair is usable.
+    ``truth`` (``truth_<split>.npz`` of ``atst data synth``) also scores each fake against the
+    exact truth into ``truth_scores.csv`` (:func:`.truth.score_folder`, the classical counter,
+    Eq. 1 with ``closing_radius``), after the other outputs are written.
+    Raises :class:`InputError` for missing folders / weights / truth file (checked before any
+    work), an unknown ``compare`` name, or when no pair is usable; :class:`atst_prep.errors.ConfigError` for a
+    bad ``closing_radius``.
     """
+    if truth is not None:  # before any work
+        if not Path(truth).is_file():
+            raise InputError(truth, "truth file not found (truth_<split>.npz of 'atst data synth')")
+        mask_config = checked(MaskConfig, closing_radius=closing_radius)
     if kid_subsets < 1:
         raise InputError("--kid-subsets", f"must be >= 1, got {kid_subsets}")
     if phv_normalisation not in feat.PHV_NORMALISATIONS:
@@ -199,4 +221,13 @@ def evaluate(fake_dir, real_dir, he_dir=None, out_dir="eval", device: str = "cpu
         writer.writerows(rows)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_reports(out, summary, rows, used)
-    return EvalResult(summary, rows, rejected, out)
+    result = EvalResult(summary, rows, rejected, out)
+    if truth is not None:
+        from atst_prep.nuclei import make_counter
+
+        from .truth import score_folder
+
+        _, result.truth, result.truth_rejected = score_folder(Path(fake_dir), Path(real_dir), Path(truth), mask_config,
+                                                              make_counter("classical"),
+                                                              out_csv=out / "truth_scores.csv")
+    return result

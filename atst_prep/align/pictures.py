@@ -7,6 +7,9 @@
   given | overlay after undoing the measured shift. Overlays show the H&E's
   hematoxylin in magenta and the IHC's in green: where they coincide the
   picture is white, misalignment shows as magenta/green fringes.
+- :func:`dataset_pictures`: both of one dataset folder, by file name
+  (:data:`PICTURES`), as ``filter-misaligned`` writes them;
+  :func:`encode_png` turns one into PNG bytes.
 """
 
 from __future__ import annotations
@@ -17,14 +20,20 @@ import cv2
 import h5py
 import numpy as np
 
-from ..images import read_rgb
-from ..shards import _plain, decode_density, read_header
+from ..errors import UserError
+from ..shards import _plain, pair_images, read_header, sample_channels
 from ..stain import HEMATOXYLIN, stain_channel
 from .register import register_image
 
 KEPT, DROPPED, AXIS = (60, 170, 75), (215, 60, 50), (40, 40, 40)
 GALLERY_COLUMNS = ("H&E", "IHC", "hematoxylin as given", "after undoing the shift")
+#: File names of the pictures in each dataset folder: the score histogram, the gallery of the worst pairs.
+PICTURES = ("alignment-scores.png", "alignment-worst.png")
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
+
+
+class PictureError(UserError):
+    """A picture that OpenCV could not encode; ``str()`` names the file it was meant for."""
 
 
 def _text(img: np.ndarray, text: str, xy, scale: float = 0.45, colour=AXIS, outline: bool = False) -> None:
@@ -130,9 +139,8 @@ def worst_rows(folder: Path, rows: list[dict], n: int = 8, thumb: int = 240) -> 
         root = Path(read_header(path).get("source_root", "."))
         with h5py.File(path, "r") as f:
             g = next(f["samples"][k] for k in f["samples"] if _plain(f["samples"][k].attrs["name"]) == r["name"])
-            he = g["he"][()] if "he" in g else read_rgb(root / _plain(g.attrs["he_path"]))
-            ihc = g["ihc"][()] if "ihc" in g else read_rgb(root / _plain(g.attrs["ihc_path"]))
-            hema = decode_density(g["hema"][()])
+            he, ihc = pair_images(g, root)
+            hema = sample_channels(g, ihc)[1]
         a = r["alignment"]
         if a.scored:
             label = f"{r['name']}  score {a.score:.3f}  shift ({a.shift_x:+.1f}, {a.shift_y:+.1f}) px  " \
@@ -141,3 +149,29 @@ def worst_rows(folder: Path, rows: list[dict], n: int = 8, thumb: int = 240) -> 
             label = f"{r['name']}  {r['reason']}"
         pictures.append(gallery_row(he, ihc, hema, (a.shift_x, a.shift_y) if a.scored else None, label, thumb))
     return gallery(pictures, thumb) if pictures else None
+
+
+def dataset_pictures(folder: Path, rows: list[dict], cut: float, worst: int = 8) -> dict[str, np.ndarray]:
+    """The pictures of one dataset folder, by file name (in :data:`PICTURES` order); (H, W, 3) uint8 RGB.
+
+    Always the histogram of the scored pairs' scores (``cut`` as its dashed
+    line, unscorable pairs counted in the legend); the gallery of the
+    ``worst`` lowest-scoring pairs (:func:`worst_rows`) only when there is a
+    pair to show. ``rows`` are the folder's keep-list rows of :mod:`.store`.
+    """
+    scored = [r for r in rows if r["alignment"].scored]
+    pictures = {PICTURES[0]: score_histogram([r["alignment"].score for r in scored], [r["kept"] for r in scored],
+                                             cut, n_unscorable=len(rows) - len(scored),
+                                             title=f"{Path(folder).name}: alignment scores ({len(rows)} pairs)")}
+    gallery_of_worst = worst_rows(folder, rows, worst)
+    if gallery_of_worst is not None:
+        pictures[PICTURES[1]] = gallery_of_worst
+    return pictures
+
+
+def encode_png(rgb: np.ndarray, path: Path) -> bytes:
+    """PNG bytes of an (H, W, 3) uint8 RGB picture; :class:`PictureError` naming ``path`` if OpenCV cannot."""
+    ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise PictureError(f"{path}: could not encode PNG")
+    return png.tobytes()

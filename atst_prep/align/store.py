@@ -18,10 +18,13 @@ Three passes per run, over every dataset folder (manifest) under the root:
    under the folder lock. The root attribute ``alignment_source_sha256``
    lets a rerun repair a manifest left behind by a kill between the two.
 
-Then the keep-list CSV (one per dataset) and the manifest's ``alignment``
-summary are written, each only when its content changes, so a second run
-with the same options rewrites nothing (byte-identical files). The root
-``params`` are left alone: ``build-masks`` compares them to resume.
+Then the keep-list CSV (one per dataset), the manifest's ``alignment``
+summary and, with ``pictures``, the dataset's pictures
+(:func:`.pictures.dataset_pictures`: ``alignment-scores.png`` and
+``alignment-worst.png`` beside the manifest) are written, each only when
+its content changes, so a second run with the same options rewrites
+nothing (byte-identical files). The root ``params`` are left alone:
+``build-masks`` compares them to resume.
 """
 
 from __future__ import annotations
@@ -38,11 +41,14 @@ from typing import Callable, Sequence
 import h5py
 import numpy as np
 
-from ..images import InputError, read_rgb
-from ..manifest import MANIFEST, find_manifests, read_manifest, write_manifest_file
+from ..engine import ManifestFolder, locked, run_pass
+from ..images import InputError
+from ..manifest import MANIFEST, find_manifests
 from ..rewrite import rewrite_shard
-from ..runner import BuildError, FolderLock, run_tasks
-from ..shards import REGISTERED_KEYS, _plain, create_like, decode_density, read_header, sha256_of
+from ..runner import BuildError, run_tasks
+from ..shard_writer import create_like, write_channel
+from ..shards import REGISTERED_KEYS, _plain, encode_density, pair_images, read_header, sample_channels, sha256_of
+from .pictures import dataset_pictures, encode_png
 from .register import register_image, register_points
 from .score import METHOD, VERSION, AlignConfig, Alignment, align_pair, unscorable
 from .select import RULES, Selection, select
@@ -117,11 +123,10 @@ def score_shard(ref: ShardRef, config: AlignConfig) -> dict:
 
 def _score_sample(g: h5py.Group, root: Path, config: AlignConfig) -> Alignment:
     try:
-        he = g["he"][()] if "he" in g else read_rgb(root / _plain(g.attrs["he_path"]))
-        ihc = g["ihc"][()] if "ihc" in g else read_rgb(root / _plain(g.attrs["ihc_path"]))
+        he, ihc = pair_images(g, root)
     except InputError as exc:
         return unscorable(f"{_UNREADABLE} ({exc})")
-    return align_pair(he, decode_density(g["hema"][()]), ihc, config)
+    return align_pair(he, sample_channels(g, ihc)[1], ihc, config)
 
 
 # --------------------------------------------------------------------------- pass 3: write (a worker)
@@ -165,10 +170,13 @@ def write_shard(task: WriteTask) -> dict:
 
 def _register(g: h5py.Group, shift: tuple[float, float]) -> None:
     for key, source in REGISTERED_KEYS.items():
-        d = create_like(g, key, register_image(g[source][()], shift), g[source])
+        if source in g:
+            d = create_like(g, key, register_image(g[source][()], shift), g[source])
+            for name, value in g[source].attrs.items():  # units, scale of the DAB
+                d.attrs[name] = value
+        else:  # the compact layout's DAB, unmixed from its IHC, stored as the raw layout stores it
+            d = write_channel(g, key, register_image(encode_density(sample_channels(g)[0]), shift))
         d.attrs["shift"] = np.array(shift, np.float64)
-        for name, value in g[source].attrs.items():  # units, scale of the DAB
-            d.attrs[name] = value
     nuclei = g.get("nuclei")
     if nuclei is not None and "centroids" in nuclei:
         if "centroids_registered" in nuclei:
@@ -181,46 +189,30 @@ def _register(g: h5py.Group, shift: tuple[float, float]) -> None:
 # --------------------------------------------------------------------------- a dataset folder
 
 
+FLAG, SOURCE_ATTR = "alignment_complete", "alignment_source_sha256"
+
+
 @dataclass
-class _Folder:
-    path: Path
-    manifest: dict
-    refs: list[ShardRef]
-    stale: bool = False                                   # manifest entries were corrected
+class _Folder(ManifestFolder):
+    refs: list[ShardRef] = field(default_factory=list)
     registered: bool = False                              # some samples hold registered targets
     scored: list[dict] = field(default_factory=list)      # score_shard results
 
-    def entry(self, file: str) -> dict:
-        return next(s for info in self.manifest["splits"].values() for s in info["shards"] if s["file"] == file)
-
 
 def _plan_folder(manifest_path: Path, splits: Sequence[str] | None) -> _Folder:
-    folder = manifest_path.parent
-    manifest = read_manifest(manifest_path)
-    for stale in folder.glob("*/.shard-*.partial"):
-        stale.unlink(missing_ok=True)  # left by a killed run
-    plan = _Folder(folder, manifest, [])
-    for split, info in manifest.get("splits", {}).items():
-        if splits and split not in splits:
-            continue
-        for entry in info.get("shards", []):
-            path = folder / entry["file"]
-            header = read_header(path)
-            if header.get("alignment_source_sha256") == entry["sha256"]:
-                # renamed into place, but the run was killed before the manifest was updated
-                entry.update(bytes=path.stat().st_size, sha256=sha256_of(path))
-                plan.stale = True
-            if entry["n_samples"]:
-                plan.refs.append(ShardRef(str(folder), entry["file"], split, int(entry["n_samples"])))
+    plan = _Folder.open(manifest_path, FLAG, SOURCE_ATTR)
+    plan.refs = [ShardRef(str(plan.path), e["file"], split, int(e["n_samples"]))
+                 for split, e in plan.entries(splits) if e["n_samples"]]
     return plan
 
 
 @dataclass
 class FilterSummary:
-    """What a run did, for the CLI's closing lines and pictures."""
+    """What a run did, for the CLI's closing lines; ``pictures`` are in the folders of ``manifests``, in order."""
 
     manifests: list[Path] = field(default_factory=list)
     keep_lists: list[Path] = field(default_factory=list)
+    pictures: list[Path] = field(default_factory=list)
     pairs: int = 0
     computed: int = 0
     kept: int = 0
@@ -265,7 +257,8 @@ def write_if_changed(path: Path, data: bytes) -> bool:
 
 def filter_misaligned(root: Path, config: AlignConfig = AlignConfig(), selection: Selection = Selection(), *,
                       register: bool = False, keep_list: Path | None = None, splits: Sequence[str] | None = None,
-                      jobs: int = 1, backend: str = "joblib", scheduler: str | None = None,
+                      pictures: bool = True, worst: int = 8, jobs: int = 1, backend: str = "joblib",
+                      scheduler: str | None = None,
                       on_start: Callable[[int, int], None] | None = None,
                       on_shard: Callable[[dict], None] | None = None,
                       on_write_start: Callable[[int], None] | None = None,
@@ -274,6 +267,9 @@ def filter_misaligned(root: Path, config: AlignConfig = AlignConfig(), selection
 
     ``keep_list`` is the CSV to write (only with one dataset); default
     ``data_manifests/keep-<dataset_id>.csv`` in the repository.
+    ``pictures`` writes each dataset's pictures, the gallery showing its
+    ``worst`` lowest-scoring pairs, and lists them in ``summary.pictures``;
+    an encoding failure raises :class:`.pictures.PictureError`.
     ``on_start(total_pairs, 0)`` / ``on_shard(result)`` report scoring,
     ``on_write_start(n_pairs)`` / ``on_write(entry)`` the rewriting of shards.
     """
@@ -282,11 +278,14 @@ def filter_misaligned(root: Path, config: AlignConfig = AlignConfig(), selection
     if keep_list is not None and len(manifest_paths) > 1:
         raise BuildError(f"--keep-list names one file but {root} holds {len(manifest_paths)} datasets; "
                          "point --shards at one dataset's folder")
-    locks: list[FolderLock] = []
     summary = FilterSummary()
-    try:
-        for path in manifest_paths:
-            locks.append(FolderLock(path.parent))
+
+    def written(entry: dict) -> None:
+        summary.shards_written += 1
+        if on_write:
+            on_write(entry)
+
+    with locked(p.parent for p in manifest_paths):
         plans = [_plan_folder(path, splits) for path in manifest_paths]
         by_folder = {str(p.path): p for p in plans}
         refs = [r for p in plans for r in p.refs]
@@ -297,34 +296,24 @@ def filter_misaligned(root: Path, config: AlignConfig = AlignConfig(), selection
             summary.computed += result["computed"]
             if on_shard:
                 on_shard(result)
-        tasks = []
-        for plan in plans:
-            tasks += _decide(plan, ident, selection, register, summary)
+        tasks = [t for plan in plans for t in _decide(plan, ident, selection, register, summary)]
         if on_write_start:
             on_write_start(sum(t.n_samples for t in tasks))
-        for plan in plans:
-            if plan.stale or any(t.folder == str(plan.path) for t in tasks):
-                _write_manifest(plan, complete=not any(t.folder == str(plan.path) for t in tasks))
-        remaining = {str(p.path): sum(t.folder == str(p.path) for t in tasks) for p in plans}
-        for entry in run_tasks(write_shard, tasks, jobs=jobs, backend=backend, scheduler=scheduler):
-            plan = by_folder[entry["folder"]]
-            plan.entry(entry["file"]).update(bytes=entry["bytes"], sha256=entry["sha256"])
-            remaining[entry["folder"]] -= 1
-            _write_manifest(plan, complete=remaining[entry["folder"]] == 0)
-            summary.shards_written += 1
-            if on_write:
-                on_write(entry)
+        run_pass(write_shard, tasks, folders=by_folder, jobs=jobs, backend=backend, scheduler=scheduler,
+                 on_result=written)
         for plan in plans:
             target = keep_list or keep_list_dir() / f"keep-{plan.manifest['dataset_id']}.csv"
             write_if_changed(target, keep_list_csv(summary.rows[str(plan.path)]).encode())
             plan.manifest["alignment"] = {**ident, "selection": selection.params(), "registered": plan.registered,
                                           "keep_list": str(target), **_counts(summary.rows[str(plan.path)])}
-            _write_manifest(plan, complete=True)
+            plan.save(complete=True)
+            if pictures:
+                for name, picture in dataset_pictures(plan.path, summary.rows[str(plan.path)],
+                                                      summary.cuts[str(plan.path)], worst).items():
+                    write_if_changed(plan.path / name, encode_png(picture, plan.path / name))
+                    summary.pictures.append(plan.path / name)
             summary.keep_lists.append(target)
             summary.manifests.append(plan.path / MANIFEST)
-    finally:
-        for lock in locks:
-            lock.release()
     return summary
 
 
@@ -383,18 +372,6 @@ def _differs(stored: dict, attrs: dict) -> bool:
         elif old != value:
             return True
     return False
-
-
-def _write_manifest(plan: _Folder, complete: bool) -> Path:
-    manifest = plan.manifest
-    if complete:
-        manifest.pop("alignment_complete", None)
-    else:
-        manifest["alignment_complete"] = False  # 'atst prep verify' reports it until a rerun finishes
-    path = plan.path / MANIFEST
-    if path.is_file() and read_manifest(path) == manifest:
-        return path
-    return write_manifest_file(plan.path, manifest)
 
 
 __all__ = ["KEEP_COLUMNS", "FilterSummary", "ShardRef", "WriteTask", "filter_misaligned", "identity",

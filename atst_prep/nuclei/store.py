@@ -27,11 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..engine import ManifestFolder, locked, run_pass
 from ..errors import UserError
-from ..manifest import MANIFEST, find_manifests, param_diff, read_manifest, write_manifest_file
+from ..manifest import MANIFEST, find_manifests, param_diff
 from ..rewrite import rewrite_shard
-from ..runner import BuildError, FolderLock, run_tasks
-from ..shards import as_stored, decode_density, read_header, sha256_of, write_nuclei
+from ..runner import BuildError
+from ..shard_writer import write_nuclei
+from ..shards import as_stored, read_header, sample_channels, sha256_of
 from . import make_counter
 
 #: The value of ``--counter`` that turns counting off.
@@ -128,7 +130,8 @@ def count_shard(task: CountTask, name: str, weights: str | None, identity: dict)
         samples = f["samples"]
         for key in sorted(samples):
             g = samples[key]
-            nuclei = counter.detect(decode_density(g["hema"][()]), decode_density(g["dab"][()]))
+            dab, hema = sample_channels(g)  # stored, or unmixed from the compact layout's IHC: the same values
+            nuclei = counter.detect(hema, dab)
             write_nuclei(g, nuclei, identity)
             n_nuclei += len(nuclei.areas)
         params = json.loads(f.attrs["params"])
@@ -142,56 +145,28 @@ def count_shard(task: CountTask, name: str, weights: str | None, identity: dict)
 # --------------------------------------------------------------------------- a dataset folder
 
 
-@dataclass
-class _Folder:
-    path: Path
-    manifest: dict
-    tasks: list[CountTask]
-    skipped: list[dict]               # manifest entries of shards already counted by this counter
-    stale: bool = False               # some entries were corrected: the manifest must be rewritten
-
-    def entry(self, file: str) -> dict:
-        return next(s for info in self.manifest["splits"].values() for s in info["shards"] if s["file"] == file)
+FLAG, SOURCE_ATTR = "nuclei_complete", "nuclei_source_sha256"
 
 
-def _plan_folder(manifest_path: Path, identity: dict, overwrite: bool) -> _Folder:
-    folder = manifest_path.parent
-    manifest = read_manifest(manifest_path)
-    for stale in folder.glob("*/.shard-*.partial"):
-        stale.unlink(missing_ok=True)  # left by a killed build or count
-    plan = _Folder(folder, manifest, [], [])
-    conflicts = []
-    for info in manifest.get("splits", {}).values():
-        for entry in info.get("shards", []):
-            path = folder / entry["file"]
-            header = read_header(path)
-            current = header.get("params", {}).get("nuclei")
-            if current == identity:
-                if header.get("nuclei_source_sha256") == entry["sha256"]:
-                    # renamed into place, but the run was killed before the manifest was updated
-                    entry.update(bytes=path.stat().st_size, sha256=sha256_of(path))
-                    plan.stale = True
-                plan.skipped.append(entry)
-                continue
-            if current and not overwrite:
-                conflicts.append((entry["file"], current))
-            plan.tasks.append(CountTask(str(folder), entry["file"], entry["sha256"], int(entry["n_samples"])))
+def _plan_folder(manifest_path: Path, identity: dict, overwrite: bool) -> tuple[ManifestFolder, list, list]:
+    """The folder (its manifest naming ``identity``), the shards to count, and those already counted."""
+    folder = ManifestFolder.open(manifest_path, FLAG, SOURCE_ATTR)
+    folder.manifest.setdefault("params", {})["nuclei"] = identity
+    tasks, skipped, conflicts = [], [], []
+    for _, entry in folder.entries():
+        current = read_header(folder.path / entry["file"]).get("params", {}).get("nuclei")
+        if current == identity:
+            skipped.append(entry)
+            continue
+        if current and not overwrite:
+            conflicts.append((entry["file"], current))
+        tasks.append(CountTask(str(folder.path), entry["file"], entry["sha256"], int(entry["n_samples"])))
     if conflicts:
         file, current = conflicts[0]
         more = f" (and {len(conflicts) - 1} more shards)" if len(conflicts) > 1 else ""
-        raise BuildError(f"{folder / file}{more} holds nuclei from {describe(current)}; use --overwrite to "
+        raise BuildError(f"{folder.path / file}{more} holds nuclei from {describe(current)}; use --overwrite to "
                          f"recount with {describe(identity)}")
-    return plan
-
-
-def _write(plan: _Folder, complete: bool, identity: dict) -> Path:
-    manifest = plan.manifest
-    manifest.setdefault("params", {})["nuclei"] = identity
-    if complete:
-        manifest.pop("nuclei_complete", None)
-    else:
-        manifest["nuclei_complete"] = False  # 'atst prep verify' reports it until a rerun finishes
-    return write_manifest_file(plan.path, manifest)
+    return folder, tasks, skipped
 
 
 @dataclass
@@ -219,36 +194,24 @@ def count_nuclei(root: Path, counter: str, weights: str | Path | None = None, *,
     weights = str(weights) if weights is not None else None
     identity = counter_identity(load_counter(counter, weights), weights)
     manifest_paths = find_manifests(root)
-    locks: list[FolderLock] = []
     summary = CountSummary()
-    try:
-        for path in manifest_paths:
-            locks.append(FolderLock(path.parent))
+
+    def counted(result: dict) -> None:
+        summary.shards_counted += 1
+        summary.samples += result["n_samples"]
+        summary.nuclei += result["n_nuclei"]
+        if on_shard:
+            on_shard(result)
+
+    with locked(p.parent for p in manifest_paths):
         plans = [_plan_folder(path, identity, overwrite) for path in manifest_paths]
-        by_folder = {str(p.path): p for p in plans}
-        total = sum(t.n_samples for p in plans for t in p.tasks) + sum(e["n_samples"] for p in plans
-                                                                        for e in p.skipped)
+        skipped = [e for _, _, done in plans for e in done]
+        tasks = [t for _, todo, _ in plans for t in todo]
+        summary.shards_skipped = len(skipped)
         if on_start:
-            on_start(total, sum(e["n_samples"] for p in plans for e in p.skipped))
-        for plan in plans:
-            summary.shards_skipped += len(plan.skipped)
-            if plan.tasks or plan.stale or plan.manifest.get("params", {}).get("nuclei") != identity:
-                _write(plan, complete=not plan.tasks, identity=identity)
-        remaining = {str(p.path): len(p.tasks) for p in plans}
-        tasks = [t for p in plans for t in p.tasks]
-        for result in run_tasks(count_shard, tasks, counter, weights, identity, jobs=jobs, backend=backend,
-                                scheduler=scheduler):
-            plan = by_folder[result["folder"]]
-            plan.entry(result["file"]).update(bytes=result["bytes"], sha256=result["sha256"])
-            remaining[result["folder"]] -= 1
-            _write(plan, complete=remaining[result["folder"]] == 0, identity=identity)
-            summary.shards_counted += 1
-            summary.samples += result["n_samples"]
-            summary.nuclei += result["n_nuclei"]
-            if on_shard:
-                on_shard(result)
-        summary.manifests = [p.path / MANIFEST for p in plans]
-    finally:
-        for lock in locks:
-            lock.release()
+            on_start(sum(t.n_samples for t in tasks) + sum(e["n_samples"] for e in skipped),
+                     sum(e["n_samples"] for e in skipped))
+        run_pass(count_shard, tasks, counter, weights, identity, folders={str(f.path): f for f, _, _ in plans},
+                 jobs=jobs, backend=backend, scheduler=scheduler, on_result=counted)
+        summary.manifests = [f.path / MANIFEST for f, _, _ in plans]
     return summary
