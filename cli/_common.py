@@ -6,7 +6,8 @@ import functools
 import os
 import time
 import warnings
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import typer
 from rich.console import Console
@@ -94,6 +95,17 @@ class RateColumn(TextColumn):
         done = task.completed - task.fields.get("skipped", 0)
         rate = done / (time.perf_counter() - start) if start and done > 0 else 0.0
         return f"{rate:6.1f} {self.unit}/s"
+
+
+@contextmanager
+def stopping(bar: Progress) -> Iterator[Progress]:
+    """Run a library call that starts ``bar`` itself (from its ``on_start``, once planning is done, so an
+    error while planning stays one line with no bar above it); the bar is stopped however the call ends."""
+    try:
+        yield bar
+    finally:
+        if bar.live.is_started:
+            bar.stop()
 
 
 def progress_bar(unit: str) -> Progress:

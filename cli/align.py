@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ._common import command, console, default_jobs, make_config, progress_bar
+from ._common import command, console, default_jobs, make_config, progress_bar, stopping
 from .prep import app
 
 _RULE_TEXT = {"unscorable": "could not be scored", "shift": "shift beyond the limit",
@@ -71,14 +71,11 @@ def filter_misaligned(
         if n:
             writing = bar.add_task("writing shards", total=n, t0=time.perf_counter())
 
-    try:
+    with stopping(bar):
         summary = run_filter(shards, config, selection, register=register, keep_list=keep_list, splits=split,
                              worst=worst, jobs=jobs, backend=backend, scheduler=scheduler, on_start=on_start,
                              on_shard=lambda r: bar.advance(scoring, len(r["samples"])),
                              on_write_start=on_write_start, on_write=lambda e: bar.advance(writing, e["n_samples"]))
-    finally:
-        if bar.live.is_started:
-            bar.stop()
     for row in summary.unscorable:
         console.print(f"[yellow]unscorable[/] {row['split']}/{row['name']} ({row['shard']}): "
                       f"{row['reason'].removeprefix('unscorable: ')}")

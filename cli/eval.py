@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ._common import EXIT_REJECTED, command, console, progress_bar
+from ._common import EXIT_REJECTED, command, console, progress_bar, stopping
 
 
 @command
@@ -60,15 +60,12 @@ def eval_command(
         task = bar.add_task("eval", total=n, t0=time.perf_counter())
         bar.start()  # only once the inputs are checked: an error before is one line
 
-    try:
+    with stopping(bar):
         result = evaluate(fake, real, he, out, device, inception_weights=inception_weights,
                           resnet_weights=resnet_weights, kid_weights=kid_weights, fid_weights=fid_weights,
                           kid_subsets=kid_subsets, phv_normalisation=phv_normalisation, compare=compare,
                           truth=truth, closing_radius=closing_radius, on_start=on_start,
                           on_pair=lambda: bar.advance(task))
-    finally:
-        if bar.live.is_started:
-            bar.stop()
     for line in result.rejected:
         console.print(f"[yellow]rejected:[/] {line}", soft_wrap=True)
     s = result.summary

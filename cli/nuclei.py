@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ._common import command, console, make_config, progress_bar, writable_folder
+from ._common import command, console, make_config, progress_bar, stopping, writable_folder
 from .prep import app
 
 
@@ -54,11 +54,8 @@ def train_nuclei(
         if step == steps:
             bar.stop()  # before the calibration's lines
 
-    try:
+    with stopping(bar):
         run_training(out, config, train_config, synthetic=synthetic, synthetic_size=synthetic_size, shards=shards,
                      max_pseudo=max_pseudo, calibrate=calibrate, device=device, on_message=console.print,
                      on_start=on_start, on_step=on_step)
-    finally:
-        if bar.live.is_started:
-            bar.stop()
     typer.echo(f"nucleus model: {out}  (use: --counter cppnet --nuclei-weights {out})")

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ._common import EXIT_REJECTED, command, console, default_jobs, fail, progress_bar
+from ._common import EXIT_REJECTED, command, console, default_jobs, fail, progress_bar, stopping
 
 app = typer.Typer(help="Offline preparation: masks and stain channels into HDF5 shards.", no_args_is_help=True)
 
@@ -84,7 +84,7 @@ def build_masks(
     def on_reject(record: dict) -> None:
         console.print(f"[yellow]rejected[/] {record['file']}: {record['reason']}")
 
-    try:
+    with stopping(bar):
         summary = build_masks(
             data, out, datasets=dataset, splits=split, closing_radius=closing_radius, sigma=sigma, min_dab=min_dab,
             min_tissue=min_tissue, window=window, window_stride=window_stride, shard_size=shard_size,
@@ -92,9 +92,6 @@ def build_masks(
             nuclei_weights=nuclei_weights, nuclei_channel=nuclei_channel, jobs=jobs, backend=backend,
             scheduler=scheduler, overwrite=overwrite, on_note=on_note, on_ready=on_ready, on_start=on_start,
             on_reject=on_reject, on_shard=lambda e: bar.advance(task, e["n_pairs"]))
-    finally:
-        if bar.live.is_started:
-            bar.stop()
     typer.echo(f"{summary.samples} pairs in shards ({summary.shards_built} shards built, "
                f"{summary.shards_reused} already done); {len(summary.rejected)} inputs rejected")
     for manifest in summary.manifests:
@@ -139,13 +136,10 @@ def count_nuclei(
         bar.update(task, total=total, completed=done, skipped=done, t0=time.perf_counter())
         bar.start()  # only once the counter is made and the shards are checked
 
-    try:
+    with stopping(bar):
         summary = run_count(shards, counter, nuclei_weights, jobs=jobs, backend=backend, scheduler=scheduler,
                             overwrite=overwrite, on_start=on_start,
                             on_shard=lambda e: bar.advance(task, e["n_samples"]))
-    finally:
-        if bar.live.is_started:
-            bar.stop()
     typer.echo(f"{summary.samples} pairs counted in {summary.shards_counted} shards "
                f"({summary.shards_skipped} already counted); {summary.nuclei} nuclei found")
     for manifest in summary.manifests:
@@ -232,12 +226,9 @@ def export_annotations(
         bar.update(task, total=total, t0=time.perf_counter())
         bar.start()  # only once the shards are found and checked
 
-    try:
+    with stopping(bar):
         summary = run_export(shards, out, register=register, simplify=simplify, on_start=on_start,
                              on_sample=lambda n: bar.advance(task, n))
-    finally:
-        if bar.live.is_started:
-            bar.stop()
     for line in summary.skipped:
         console.print(f"[yellow]skipped[/] {line}", soft_wrap=True)
     typer.echo(f"{len(summary.written)} GeoJSON files in {out} ({summary.nuclei} nuclei); "
