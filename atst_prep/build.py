@@ -22,11 +22,11 @@ from .engine import Folder, locked, remove_partials, run_pass, save_if_changed
 from .images import InputError
 from .manifest import MANIFEST, dataset_manifest, param_diff, read_manifest
 from .mask import MaskConfig
-from .nuclei.store import counter_identity, detect_stored, load_counter, nuclei_diff, open_counter
+from .nuclei.store import BATCH, counter_identity, detect_all, load_counter, nuclei_diff, open_counter
 from .pair import prepare_pair, rel_path, size_of
 from .runner import BuildError
 from .shard_writer import ShardWriter
-from .shards import IMAGE_COMPRESSIONS, LAYOUTS, ShardError, read_header, sha256_of
+from .shards import IMAGE_COMPRESSIONS, LAYOUTS, ShardError, as_stored, read_header, sha256_of
 from .sources import DatasetSource, Pair, SplitListing
 
 __all__ = ["MANIFEST", "BuildConfig", "BuildError", "BuildSummary", "build", "read_manifest"]
@@ -173,15 +173,18 @@ def build_shard(task: ShardTask, config: BuildConfig) -> dict:
     with ShardWriter(Path(task.path), header, store_images=config.store_images,
                      image_compression=config.image_compression, counter=config.nuclei,
                      layout=config.layout) as writer:
-        for pair in task.pairs:
-            try:
-                prepared = prepare_pair(pair, task.source_root, config)
-            except InputError as exc:
-                record = _rejection(task.split, pair.name, exc)
-                writer.reject(record)
-                rejected.append(record)
-                continue
-            writer.add(prepared, detect_stored(counter, prepared.hema, prepared.dab) if counter else None)
+        for start in range(0, len(task.pairs), BATCH):  # a batch of tiles at a time for counters that batch
+            prepared = []
+            for pair in task.pairs[start:start + BATCH]:
+                try:
+                    prepared.append(prepare_pair(pair, task.source_root, config))
+                except InputError as exc:
+                    record = _rejection(task.split, pair.name, exc)
+                    writer.reject(record)
+                    rejected.append(record)
+            stored = [(as_stored(p.dab), as_stored(p.hema)) for p in prepared] if counter else []
+            for p, nuclei in zip(prepared, detect_all(counter, stored) if counter else [None] * len(prepared)):
+                writer.add(p, nuclei)
         n_samples = writer.n_samples
         path = writer.commit()
     return _entry(task, path, n_samples, rejected)

@@ -259,3 +259,21 @@ def test_tiled_prediction_equals_one_pass(trained):
         np.testing.assert_allclose(tiled[key], whole[key], rtol=1e-5, atol=1e-5)
     # ray distances in px: the few refined near a tile's read edge move by < 0.001 px
     np.testing.assert_allclose(tiled["dist"], whole["dist"], atol=1e-3)
+
+
+def test_a_batch_of_tiles_finds_what_one_tile_at_a_time_finds(real_ihc):
+    # the GPU path (one network batch) must give every tile the nuclei detect gives it; checked on the CPU
+    from atst_model.cppnet.counter import CppNetCounter
+    from atst_prep.shards import as_stored
+
+    counter = CppNetCounter(device="cpu")
+    tiles = []
+    for y, x in ((0, 0), (128, 64), (256, 256)):
+        dab, hema = dab_and_hematoxylin(np.ascontiguousarray(real_ihc[y:y + 256, x:x + 256]))
+        tiles.append((as_stored(hema), as_stored(dab)))
+    one = [counter.detect(h, d) for h, d in tiles]
+    many = counter.detect_many(tiles, batch=2)
+    assert sum(len(n.areas) for n in one) > 20
+    for a, b in zip(one, many):
+        np.testing.assert_array_equal(a.labels, b.labels)
+        np.testing.assert_array_equal(a.centroids, b.centroids)

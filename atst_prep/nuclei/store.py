@@ -33,7 +33,7 @@ from ..manifest import MANIFEST, find_manifests, param_diff
 from ..rewrite import rewrite_shard
 from ..runner import BuildError
 from ..shard_writer import write_nuclei
-from ..shards import as_stored, read_header, sample_channels, sha256_of
+from ..shards import read_header, sample_channels, sha256_of
 from . import make_counter
 
 #: The value of ``--counter`` that turns counting off.
@@ -100,9 +100,17 @@ def open_counter(name: str, weights: str | Path | None, expected: dict, options:
     return counter
 
 
-def detect_stored(counter, hema, dab):
-    """Nuclei from the densities as the shard stores them, so build time and ``count-nuclei`` agree."""
-    return counter.detect(as_stored(hema), as_stored(dab))
+#: Tiles handed together to a counter that batches (``detect_many``: CPP-Net on a GPU).
+BATCH = 8
+
+
+def detect_all(counter, channels: list[tuple]) -> list:
+    """``counter.detect(hema, dab)`` of each ``(dab, hema)`` pair (densities as stored), through
+    ``counter.detect_many`` where the counter has it (one network batch of tiles on a GPU)."""
+    many = getattr(counter, "detect_many", None)
+    if many is not None:
+        return many([(hema, dab) for dab, hema in channels])
+    return [counter.detect(hema, dab) for dab, hema in channels]
 
 
 # --------------------------------------------------------------------------- one shard (a worker)
@@ -128,12 +136,13 @@ def count_shard(task: CountTask, name: str, weights: str | None, identity: dict)
     n_nuclei = 0
     with rewrite_shard(path, task.sha256) as f:
         samples = f["samples"]
-        for key in sorted(samples):
-            g = samples[key]
-            dab, hema = sample_channels(g)  # stored, or unmixed from the compact layout's IHC: the same values
-            nuclei = counter.detect(hema, dab)
-            write_nuclei(g, nuclei, identity)
-            n_nuclei += len(nuclei.areas)
+        keys = sorted(samples)
+        for i in range(0, len(keys), BATCH):
+            chunk = keys[i:i + BATCH]
+            # densities stored, or unmixed from the compact layout's IHC: the same values
+            for key, nuclei in zip(chunk, detect_all(counter, [sample_channels(samples[k]) for k in chunk])):
+                write_nuclei(samples[key], nuclei, identity)
+                n_nuclei += len(nuclei.areas)
         params = json.loads(f.attrs["params"])
         params["nuclei"] = identity
         f.attrs["params"] = json.dumps(params, sort_keys=True)
