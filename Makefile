@@ -105,8 +105,9 @@ test: $(STAMP) ## Run the whole test suite (what CI runs)
 test-fast: $(STAMP) ## Skip the slow end-to-end tests (subprocess kills, Dask cluster)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-bench: $(STAMP) ## CPU benchmarks (masks vs reference, build, nuclei, alignment, loader); GPU ones: see benchmarks/
+bench: $(STAMP) ## CPU benchmarks (masks vs reference, build, shards on real tiles, nuclei, alignment, loader); GPU ones: see benchmarks/
 	$(BIN)/python benchmarks/prep_masks.py
+	$(BIN)/python benchmarks/prep_scale.py
 	$(BIN)/python benchmarks/nuclei.py
 	$(BIN)/python benchmarks/alignment.py
 	$(BIN)/python benchmarks/loader.py
