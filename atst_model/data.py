@@ -222,6 +222,10 @@ class ShardPairs(Dataset):
     (as :func:`atst_prep.nuclei.count_in_mask` does for a whole tile), then
     shifted into the crop, so crops of one tile never count a nucleus twice.
 
+    Compact shards (the source JPEGs' bytes) are decoded per item, the last
+    :data:`DECODED_KEPT` images kept per process, so an item's H&E and IHC are
+    decoded once each; items are the same as from raw shards of the same pairs.
+
     Workers copy the dataset when a DataLoader iterator starts, so call
     :meth:`set_epoch` before each epoch's ``iter(loader)``; persistent
     workers (``persistent_workers=True``) keep the epoch of their first copy.
