@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
+from .errors import UserError
 from .manifest import find_manifests, read_manifest, write_manifest_file
 from .runner import FolderLock, run_tasks
 from .shards import read_header, sha256_of
@@ -58,7 +59,7 @@ def save_if_changed(folder: Path, manifest: dict) -> Path:
     try:
         if path.is_file() and read_manifest(path) == manifest:
             return path
-    except Exception:  # unreadable: replace it
+    except UserError:  # not a readable manifest: replace it
         pass
     return write_manifest_file(folder, manifest)
 

@@ -326,3 +326,22 @@ def test_cli_annotations_for_the_demo_slide(tmp_path):
     assert doc["type"] == "FeatureCollection" and doc["properties"]["closing_radius"] == 5
     assert doc["properties"]["source"] == SLIDE.name
     assert all(f["properties"]["objectType"] == "annotation" for f in doc["features"])
+
+
+def test_a_failure_while_annotating_leaves_no_files_and_no_threads(tmp_path, monkeypatch):
+    import threading
+
+    from atst_model.infer.annotate import PositiveRegion
+
+    def boom(self, n):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(PositiveRegion, "_window_row", boom)  # in the annotator's thread
+    out = tmp_path / "out"
+    out.mkdir()
+    threads = threading.active_count()
+    with pytest.raises(RuntimeError, match="boom"):
+        translate_slide(Swap(), SLIDE, out / "s.tif", tile=512, overlap=64, batch=4, device="cpu",
+                        annotations=out / "s.geojson")
+    assert list(out.iterdir()) == []
+    assert threading.active_count() == threads

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -97,6 +98,11 @@ class PositiveRegion:
             if self._filled == self.window or self._rows == self.height:
                 self._window_row(self._filled)
                 self._filled = 0
+
+    def consume(self, rows: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
+        """:meth:`add` each ``(fake, he)`` pair of row blocks: the function of a :class:`.pipeline.Consumer`."""
+        for fake, he in rows:
+            self.add(fake, he)
 
     def _window_row(self, n: int) -> None:
         from atst_prep.images import tissue_mask

@@ -44,9 +44,10 @@ def find_inputs(inputs: Iterable[Path | str]) -> tuple[list[Path], list[Path], l
     """``(images, slides, rejected)``: files named or found in named folders (not recursive)."""
     inputs = [Path(p) for p in inputs]
     files, missing = expand_inputs(inputs)
+    seen = set(files)
     for folder in (p for p in inputs if p.is_dir()):  # scanner formats are not image suffixes
         files += sorted(q for q in folder.iterdir() if q.is_file() and q.suffix.lower() in SLIDE_SUFFIXES
-                        and q not in files)
+                        and q not in seen)
     slides = [p for p in files if is_slide(p)]
     return [p for p in files if p not in slides], slides, missing
 

@@ -36,6 +36,7 @@ canvas applies the same float32 operations in the same order.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -44,8 +45,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .annotate import RegionSummary
-from .pipeline import Prefetch
+from .annotate import PositiveRegion, RegionSummary
+from .pipeline import Consumer, Prefetch
 from .pyramid import PyramidWriter, pyramid_sizes, write_pyramid
 from .slide_io import SLIDE_SUFFIXES, SlideMeta, SlideReader, is_slide, open_slide, slide_size
 from .stitch import axis_starts, blend_weights, reflect_index
@@ -160,8 +161,6 @@ def translate_slide(net: nn.Module, slide_path: Path | str, out_path: Path | str
     annotations : also write the fake's DAB-positive region here as QuPath GeoJSON
         (:class:`.annotate.PositiveRegion`; Eq. 1 with ``mask_config`` on each ``tile`` window).
     """
-    from .annotate import PositiveRegion
-
     device = torch.device(device) if device is not None else next(net.parameters(), torch.empty(0)).device
     source = open_slide(slide_path, reader)
     try:
@@ -175,7 +174,9 @@ def translate_slide(net: nn.Module, slide_path: Path | str, out_path: Path | str
         white_out = torch.full((3, t, t), 255.0, device=device)  # what a skipped window contributes
         windows = skipped = 0
         region = PositiveRegion(H, W, tile, mask_config, meta.mpp) if annotations is not None else None
-        with Prefetch(_bands(source, t, overlap, tissue_threshold), depth=2, name="slide-reader") as bands, \
+        # Eq. 1 of the written rows runs in its own thread, beside the network rather than between its batches
+        annotator = Consumer(region.consume, depth=2, name="slide-annotator") if region is not None else None
+        with _aborting(annotator), Prefetch(_bands(source, t, overlap, tissue_threshold), depth=2, name="slide-reader") as bands, \
                 PyramidWriter(out_path, H, W, compression=compression, meta=meta,
                               title=f"virtual IHC of {Path(slide_path).name}") as writer:
             for k, (y0, band, tissue) in enumerate(bands):
@@ -199,15 +200,27 @@ def translate_slide(net: nn.Module, slide_path: Path | str, out_path: Path | str
                 if ga < gb:
                     rows = canvas.take(ga - y0, gb - y0)
                     writer.put(rows)
-                    if region is not None:  # the H&E rows under them: band columns start at xs[0]
-                        region.add(rows, band[ga - y0:gb - y0, -xs[0]:W - xs[0]])
+                    if annotator is not None:  # the H&E rows under them: band columns start at xs[0]
+                        annotator.put((rows, band[ga - y0:gb - y0, -xs[0]:W - xs[0]]))
                 canvas.shift()
             summary = None
-            if region is not None:  # before the pyramid is renamed into place: no output without its annotation
+            if annotator is not None:  # before the pyramid is renamed into place: no output without its annotation
+                annotator.finish()
                 summary = region.write(annotations, properties={"source": Path(slide_path).name, "frame": "level 0"})
     finally:
         source.close()
     return SlideResult(Path(out_path), H, W, writer.sizes, windows, skipped, meta, source.name, summary)
+
+
+@contextmanager
+def _aborting(consumer: Consumer | None) -> Iterator[None]:
+    """Stop ``consumer``'s thread if the block raises (after :meth:`Consumer.finish` there is nothing to stop)."""
+    try:
+        yield
+    except BaseException:
+        if consumer is not None:
+            consumer.abort()
+        raise
 
 
 def count_slide_windows(path: Path | str, tile: int, overlap: int, net: nn.Module, reader: str = "auto") -> int:
