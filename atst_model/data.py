@@ -19,9 +19,11 @@ import csv
 import ctypes
 import os
 import sys
+import threading
 from collections import OrderedDict
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import cv2
 import h5py
@@ -39,8 +41,9 @@ __all__ = ["ShardPairs", "keep_freed_memory", "read_keep_list", "to_unit", "dihe
 
 #: Values of a keep-list's ``kept`` column that mean "kept".
 TRUE_VALUES = frozenset({"1", "true", "True"})
-#: Decoded images of compact shards each loader process keeps (an item's H&E, IHC and unpaired IHC).
-DECODED_KEPT = 4
+#: Decoded images of compact shards each loader process keeps: an item's H&E, IHC and unpaired IHC, for
+#: the items its threads have in hand.
+DECODED_KEPT = 12
 
 # byte b -> b / 127.5 - 1: images in the generators' tanh range
 _TO_UNIT = (np.arange(256, dtype=np.float64) / 127.5 - 1.0).astype(np.float32)
@@ -136,6 +139,40 @@ def dihedral(a: np.ndarray, k: int) -> np.ndarray:
     return np.rot90(a, k % 4)
 
 
+class _Decoded:
+    """The last ``size`` images decoded from compact shards, each decoded once even when threads ask at once.
+
+    The first caller of a key decodes it; a caller that comes while it
+    decodes waits for that result rather than decoding again. A failed
+    decode is forgotten, so the next caller tries again (and fails alike).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._items: OrderedDict[tuple[int, str], Future] = OrderedDict()
+
+    def get(self, key: tuple[int, str], decode: Callable[[], np.ndarray]) -> np.ndarray:
+        with self._lock:
+            slot = self._items.get(key)
+            mine = slot is None
+            if mine:
+                slot = self._items[key] = Future()
+                while len(self._items) > self.size:
+                    self._items.popitem(last=False)
+            else:
+                self._items.move_to_end(key)
+        if mine:
+            try:
+                slot.set_result(decode())
+            except BaseException as exc:
+                slot.set_exception(exc)
+                with self._lock:
+                    if self._items.get(key) is slot:
+                        del self._items[key]
+        return slot.result()
+
+
 def _index_shard(path: str, crop: int) -> tuple[str, list[tuple[str, str, int, int, np.ndarray]]]:
     """(split, [(sample key, name, height, width, window origins), ...]) of one shard; checks what training needs."""
     try:
@@ -183,8 +220,9 @@ class ShardPairs(Dataset):
     seed : int
         Crops are a function of ``(seed, epoch, index)`` only (see :meth:`set_epoch`).
     unpaired : bool
-        Also return ``ihc_unpaired``, an IHC crop of another random pair: the
-        discriminator sees unpaired real IHC, as in the paper.
+        Also return ``ihc_unpaired``, an IHC crop of another pair: the
+        discriminator sees unpaired real IHC, as in the paper. The other pair
+        is drawn at random, or given with the index (see Items).
     flips : bool
         Apply one of the eight symmetries of the square (flips, quarter turns),
         drawn per item, to the H&E, the IHC and the mask together.
@@ -201,7 +239,10 @@ class ShardPairs(Dataset):
 
     Items
     -----
-    A dict of (``c`` = crop side):
+    ``data[i]``, or ``data[(i, j)]`` to take the unpaired IHC from pair ``j``
+    (:class:`atst_model.train.state.EpochOrder` with ``partners=True`` pairs
+    each index with the one before it in its epoch's order, so a compact
+    shard's IHC decoded for one item serves the next). A dict of (``c`` = crop side):
 
     - ``he``, ``ihc``: (3, c, c) float32 RGB in [-1, 1] (``byte / 127.5 - 1``), the paired crops;
     - ``mask``: (1, c, c) float32 in {0, 1}, M of the window (Eq. 1 of the window, from the shard);
@@ -213,8 +254,8 @@ class ShardPairs(Dataset):
     - ``count_in_mask``, ``count_in_crop``: () float32, nuclei (centroids) inside crop and mask / crop;
     - ``name``: str; ``origin``: (2,) int64, the crop's (y0, x0) px in the tile;
     - with ``unpaired=True``: ``ihc_unpaired`` (3, c, c) float32 in [-1, 1], the IHC crop
-      of another pair (the same pair if there is only one), its ``name_unpaired`` and
-      ``origin_unpaired``.
+      of another pair (``j`` if given and not ``i``; else a random one, or ``i`` itself if
+      there is only one pair), its ``name_unpaired`` and ``origin_unpaired``.
 
     Notes
     -----
@@ -223,8 +264,10 @@ class ShardPairs(Dataset):
     shifted into the crop, so crops of one tile never count a nucleus twice.
 
     Compact shards (the source JPEGs' bytes) are decoded per item, the last
-    :data:`DECODED_KEPT` images kept per process, so an item's H&E and IHC are
-    decoded once each; items are the same as from raw shards of the same pairs.
+    :data:`DECODED_KEPT` images kept per process (each decoded once, also
+    when threads ask for it together), so an item's H&E and IHC are decoded
+    once each, and its unpaired IHC not at all when the previous item's
+    pair gives it; items are the same as from raw shards of the same pairs.
 
     Workers copy the dataset when a DataLoader iterator starts, so call
     :meth:`set_epoch` before each epoch's ``iter(loader)``; persistent
@@ -263,7 +306,7 @@ class ShardPairs(Dataset):
         self.samples = samples  # (shard index, sample key, name, height, width)
         self._files: dict[int, h5py.File] = {}
         self._datasets: dict[tuple[int, str], tuple[h5py.Dataset, ...]] = {}
-        self._decoded: OrderedDict[tuple[int, str], np.ndarray] = OrderedDict()
+        self._decoded = _Decoded(DECODED_KEPT)
         self._pid: int | None = None
 
     def __len__(self) -> int:
@@ -276,7 +319,7 @@ class ShardPairs(Dataset):
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_files"], state["_datasets"], state["_pid"] = {}, {}, None  # handles never travel
-        state["_decoded"] = OrderedDict()
+        state["_decoded"] = None  # made again in the process that reads
         return state
 
     def _open(self, shard: int, key: str) -> tuple[h5py.Dataset, ...]:
@@ -286,7 +329,7 @@ class ShardPairs(Dataset):
         through one that is open (h5py caches its fast reader per object).
         """
         if self._pid != os.getpid():  # a new process (or a forked worker): drop, do not close, the parent's handles
-            self._files, self._datasets, self._decoded, self._pid = {}, {}, OrderedDict(), os.getpid()
+            self._files, self._datasets, self._decoded, self._pid = {}, {}, _Decoded(DECODED_KEPT), os.getpid()
             keep_freed_memory()
         found = self._datasets.get((shard, key))
         if found is None:
@@ -303,15 +346,8 @@ class ShardPairs(Dataset):
         the paired H&E and IHC of an item are decoded once each)."""
         if source.ndim == 3:
             return source
-        k = (shard, source.name)
-        image = self._decoded.get(k)
-        if image is None:
-            image = self._decoded[k] = decode_rgb(source[()], f"{self.shard_paths[shard]}:{source.name}")
-            if len(self._decoded) > DECODED_KEPT:
-                self._decoded.popitem(last=False)
-        else:
-            self._decoded.move_to_end(k)
-        return image
+        return self._decoded.get((shard, source.name),
+                                 lambda: decode_rgb(source[()], f"{self.shard_paths[shard]}:{source.name}"))
 
     def _origin(self, rng: np.random.Generator, h: int, w: int) -> tuple[int, int]:
         return int(rng.integers(0, h - self.crop + 1)), int(rng.integers(0, w - self.crop + 1))
@@ -328,9 +364,11 @@ class ShardPairs(Dataset):
         planes = np.ascontiguousarray(window.transpose(2, 0, 1))
         return torch.from_numpy(cv2.LUT(planes.reshape(3 * c, c), _TO_UNIT).reshape(3, c, c))
 
-    def __getitem__(self, index: int) -> dict:
-        if not 0 <= index < len(self.samples):
-            raise IndexError(f"index {index} out of range for {len(self.samples)} samples")
+    def __getitem__(self, index: int | tuple[int, int]) -> dict:
+        index, partner = index if isinstance(index, tuple) else (index, None)
+        for i in (index,) if partner is None else (index, partner):
+            if not 0 <= i < len(self.samples):
+                raise IndexError(f"index {i} out of range for {len(self.samples)} samples")
         rng = np.random.default_rng((self.seed, self.epoch, index))
         shard, key, name, h, w = self.samples[index]
         windows = self._windows[index]
@@ -361,7 +399,7 @@ class ShardPairs(Dataset):
             "transform": torch.tensor(t, dtype=torch.int64),
         }
         if self.unpaired:
-            other = self._other(rng, index)
+            other = partner if partner is not None and partner != index else self._other(rng, index)
             s2, key2, _, h2, w2 = self.samples[other]
             uy, ux = self._origin(rng, h2, w2)
             item["ihc_unpaired"] = self._image(self._window(self._pixels(s2, self._open(s2, key2)[1]), uy, ux))

@@ -9,7 +9,8 @@ shards from them (classical nucleus counter, images stored uncompressed as
 unpaired IHC), float32 items and ``raw=True`` (uint8) items: ``__getitem__``
 alone (ms per item), then batches of 8 (default collate): a ``DataLoader``
 in the main process and with 2 worker processes, and the trainer's default,
-:class:`atst_model.loader.ThreadedLoader` with 2 threads. Each run reads every pair for
+:class:`atst_model.loader.ThreadedLoader` with 2 threads and the trainer's sampler
+(``EpochOrder(partners=True)``: each item's unpaired IHC is the next pair's). Each run reads every pair for
 ``--epochs`` epochs (new crops each epoch), after one warm-up epoch so the OS
 page cache holds the shards, as it does in training after the first epoch.
 """
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atst_model.data import ShardPairs  # noqa: E402
 from atst_model.loader import ThreadedLoader  # noqa: E402
+from atst_model.train.state import EpochOrder  # noqa: E402
 from atst_prep.build import BuildConfig, build  # noqa: E402
 from atst_prep.mask import MaskConfig  # noqa: E402
 from atst_prep.sources import detect  # noqa: E402
@@ -45,7 +47,10 @@ def make_shards(root: Path, pairs: int, crop: int = 512) -> list[Path]:
 
 
 class Epochs(Dataset):
-    """``k`` epochs of ``dataset`` as one long dataset, so a few pairs make a long run."""
+    """``k`` epochs of ``dataset`` as one long dataset, so a few pairs make a long run.
+
+    Takes plain indices or the trainer's ``(index, partner)`` pairs (see :func:`trainer_order`).
+    """
 
     def __init__(self, dataset: ShardPairs, k: int) -> None:
         self.dataset, self.k = dataset, k
@@ -53,10 +58,21 @@ class Epochs(Dataset):
     def __len__(self) -> int:
         return len(self.dataset) * self.k
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, i: int | tuple[int, int]) -> dict:
         n = len(self.dataset)
+        i, partner = i if isinstance(i, tuple) else (i, None)
         self.dataset.set_epoch(1 + i // n)  # each worker has its own copy
-        return self.dataset[i % n]
+        return self.dataset[i % n if partner is None else (i % n, partner % n)]
+
+
+def trainer_order(n: int, k: int) -> list[tuple[int, int]]:
+    """The trainer's sampler (``EpochOrder(partners=True)``) over ``k`` epochs, in :class:`Epochs` indices."""
+    order = EpochOrder(n, seed=0, partners=True)
+    out = []
+    for epoch in range(1, k + 1):
+        order.set_position(epoch, 0)
+        out += [((epoch - 1) * n + i, (epoch - 1) * n + j) for i, j in order]
+    return out
 
 
 def crops_per_second(loader) -> float:
@@ -91,7 +107,7 @@ def main() -> None:
             row["crops_per_s_1_process"] = crops_per_second(DataLoader(data, batch_size=args.batch))
             row["crops_per_s_2_workers"] = crops_per_second(DataLoader(data, batch_size=args.batch, num_workers=2))
             row["crops_per_s_2_threads"] = crops_per_second(
-                ThreadedLoader(data, batch_size=args.batch, sampler=range(len(data)), threads=2))
+                ThreadedLoader(data, batch_size=args.batch, sampler=trainer_order(len(ds), args.epochs), threads=2))
             rows.append({k: round(v, 1) if isinstance(v, float) else v for k, v in row.items()})
             print(json.dumps(rows[-1]), flush=True)
 

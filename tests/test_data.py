@@ -126,6 +126,42 @@ def test_threaded_loader_gives_the_dataloader_batches_in_sampler_order(shards):
     assert [len(b["name"]) for b in kept_last] == [3, 3, 2]
 
 
+def test_epoch_order_partners_are_the_previous_index_and_resume_alike():
+    from atst_model.train.state import EpochOrder
+
+    for n, world in ((8, 1), (9, 2), (3, 4)):
+        for rank in range(world):
+            plain, paired = EpochOrder(n, seed=3, rank=rank, world=world), EpochOrder(n, seed=3, rank=rank,
+                                                                                   world=world, partners=True)
+            plain.set_position(4, 0)
+            paired.set_position(4, 0)
+            order, pairs = list(plain), list(paired)
+            assert [i for i, _ in pairs] == order  # the same order as without partners
+            assert [j for _, j in pairs] == order[-1:] + order[:-1]  # each one's partner is the one before
+            if len(set(order)) > 1:
+                assert sorted(j for _, j in pairs) == sorted(order)  # each pair is a partner once per epoch
+            start = min(2, len(pairs))
+            paired.set_position(4, start)
+            assert list(paired) == pairs[start:] and len(paired) == len(pairs) - start  # a restart resumes alike
+
+
+def test_a_given_partner_supplies_the_unpaired_ihc(shards):
+    ds = ShardPairs(shards, crop=CROP, seed=5, raw=True)
+    ds.set_epoch(1)
+    names = ds.names()
+    alone, paired = ds[2], ds[(2, 5)]
+    assert paired["name_unpaired"] == names[5]
+    for key in ("he", "ihc", "mask", "origin", "count_in_mask", "dab_darkness_in_mask"):
+        assert torch.equal(alone[key], paired[key]), key  # the pair's own crop does not change
+    o = paired["origin_unpaired"].tolist()
+    other = next(s for path in shards for s in iter_samples(path, arrays=("ihc",)) if s["name"] == names[5])
+    np.testing.assert_array_equal(other["ihc"][o[0]:o[0] + CROP, o[1]:o[1] + CROP], paired["ihc_unpaired"])
+    itself = ds[(2, 2)]  # a pair is never its own partner: a random other one instead, as without a partner
+    assert itself["name_unpaired"] == alone["name_unpaired"]
+    with pytest.raises(IndexError, match="out of range"):
+        ds[(2, 99)]
+
+
 def test_threaded_loader_stops_early_and_passes_errors_on(shards):
     ds = ShardPairs(shards, crop=CROP, seed=5)
     loader = ThreadedLoader(ds, batch_size=2, sampler=range(len(ds)), threads=2)

@@ -84,6 +84,74 @@ def test_the_loader_gives_the_same_crops_from_both_layouts(both):
                 assert a[key] == value
 
 
+def test_the_trainers_order_decodes_each_compact_image_once_per_item_and_keeps_the_batches(both, monkeypatch):
+    """With EpochOrder(partners=True) an item's unpaired IHC is the previous item's IHC, already decoded:
+    two decodes per item (H&E, IHC), not three, whatever the threads (and one more per epoch); batches as
+    a DataLoader's, and as from raw shards."""
+    import atst_model.data as data_module
+    from atst_model.loader import ThreadedLoader
+    from atst_model.train.state import EpochOrder
+
+    calls = []
+    decode = data_module.decode_rgb
+    monkeypatch.setattr(data_module, "decode_rgb", lambda *a, **k: calls.append(a[1]) or decode(*a, **k))
+    kw = dict(crop=128, seed=3, unpaired=True, flips=True, raw=True)
+    raw = ShardPairs(shard_paths(both / "raw"), **kw)
+    order = EpochOrder(len(raw), seed=1, partners=True)
+    order.set_position(2, 0)
+    want = list(torch.utils.data.DataLoader(raw, batch_size=1, sampler=order))
+    for threads, batch in ((2, 1), (2, 3), (0, 1)):
+        compact = ShardPairs(shard_paths(both / "compact"), **kw)
+        calls.clear()
+        got = list(ThreadedLoader(compact, batch_size=batch, sampler=order, threads=threads, drop_last=False))
+        # the first item's partner, the epoch's last pair, is decoded ahead (and may be again at the end)
+        assert 2 * len(compact) <= len(calls) <= 2 * len(compact) + 1, (threads, batch, len(calls))
+        assert len(set(calls)) == 2 * len(compact)  # nothing else decoded twice, also when threads ask at once
+        items = [{k: v[i:i + 1] if isinstance(v, torch.Tensor) else v[i:i + 1] for k, v in b.items()}
+                 for b in got for i in range(len(b["name"]))]
+        for a, b in zip(items, want, strict=True):
+            for key, value in b.items():
+                assert torch.equal(a[key], value) if isinstance(value, torch.Tensor) else a[key] == value, key
+
+
+def test_threads_asking_for_one_image_at_once_decode_it_once_and_share_a_failure():
+    import threading
+
+    from atst_model.data import _Decoded
+
+    cache, started, release, calls = _Decoded(2), threading.Event(), threading.Event(), []
+
+    def slow():
+        calls.append(1)
+        started.set()
+        release.wait(5)
+        return np.ones(3)
+
+    results = []
+    first = threading.Thread(target=lambda: results.append(cache.get("a", slow)))
+    first.start()
+    started.wait(5)
+    second = threading.Thread(target=lambda: results.append(cache.get("a", slow)))
+    second.start()
+    release.set()
+    first.join(5)
+    second.join(5)
+    assert len(calls) == 1 and len(results) == 2 and results[0] is results[1]
+
+    def broken():
+        calls.append(1)
+        raise ValueError("corrupt")
+
+    for _ in range(2):  # a failure is not kept: the next caller tries again and gets the same error
+        with pytest.raises(ValueError, match="corrupt"):
+            cache.get("b", broken)
+    assert len(calls) == 3
+    cache.get("c", lambda: np.zeros(1))
+    cache.get("d", lambda: np.zeros(1))
+    cache.get("a", lambda: calls.append(1) or np.ones(3))  # two kept: "a" was dropped, so decoded again
+    assert len(calls) == 4
+
+
 def test_old_raw_shards_still_read(both, tmp_path):
     # schema 2: no layout attribute, always raw; the loader and every reader still take it
     out = tmp_path / "old"

@@ -78,10 +78,20 @@ class EpochOrder(torch.utils.data.Sampler):
     Every process sees ``ceil(n / world)`` indices per epoch (the order is
     padded by wrapping, as DistributedSampler does), so all take the same
     number of steps. ``start`` skips indices already consumed before a restart.
+
+    With ``partners=True`` it yields ``(index, partner)``: the partner is the
+    index before it in this process's order of the epoch (the first one's is
+    the last's), i.e. a random other pair, each pair once per epoch.
+    :class:`atst_model.data.ShardPairs` takes its unpaired IHC from it, so the
+    IHC decoded for one item serves the next (compact shards decode each image
+    once per epoch instead of twice). The previous, not the next: a loader's
+    threads start items in order, so the partner's IHC has been asked for
+    before, and a thread does not wait for another to decode it. Restarts
+    resume with the same pairs.
     """
 
-    def __init__(self, n: int, *, seed: int, rank: int = 0, world: int = 1) -> None:
-        self.n, self.seed, self.rank, self.world = n, seed, rank, world
+    def __init__(self, n: int, *, seed: int, rank: int = 0, world: int = 1, partners: bool = False) -> None:
+        self.n, self.seed, self.rank, self.world, self.partners = n, seed, rank, world, partners
         self.epoch, self.start = 0, 0
 
     def set_position(self, epoch: int, start: int) -> None:
@@ -90,12 +100,15 @@ class EpochOrder(torch.utils.data.Sampler):
     def per_process(self) -> int:
         return -(-self.n // self.world)
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[int] | Iterator[tuple[int, int]]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.n, generator=g).tolist()
         total = self.per_process() * self.world
         order = (order * (total // max(self.n, 1) + 1))[:total]
-        yield from order[self.rank::self.world][self.start:]
+        mine = order[self.rank::self.world]
+        if self.partners:
+            mine = list(zip(mine, mine[-1:] + mine[:-1]))
+        yield from mine[self.start:]
 
     def __len__(self) -> int:
         return self.per_process() - self.start

@@ -137,7 +137,8 @@ class Trainer:
                 self.g1.load_state_dict(load_g1_state(c.init_g1))
             except RuntimeError:
                 raise UserError(f"{c.init_g1}: its G1 weights do not fit {c.g1} (another network config)") from None
-        self.sampler = st.EpochOrder(len(self.dataset), seed=c.seed, rank=self.dist.rank, world=self.dist.world)
+        self.sampler = st.EpochOrder(len(self.dataset), seed=c.seed, rank=self.dist.rank, world=self.dist.world,
+                                      partners=True)  # an item's unpaired IHC: the next pair's, decoded once
         self.steps_per_epoch = max(self.sampler.per_process() // c.batch, 1)
         self.total_steps = c.epochs * self.steps_per_epoch
 
