@@ -138,7 +138,13 @@ def mask_from_dab(dab: np.ndarray, config: MaskConfig = MaskConfig()) -> np.ndar
     -------
     (H, W) bool array, True where the IHC is DAB-positive.
     """
-    gray = gaussian_blur(dab_gray(dab), config.sigma)
+    return mask_from_gray(dab_gray(dab), config)
+
+
+def mask_from_gray(gray: np.ndarray, config: MaskConfig = MaskConfig()) -> np.ndarray:
+    """Eq. 1 from the DAB channel's gray rendering, :func:`atst_prep.stain.dab_gray` of it (a per-pixel
+    function, so the gray of a window is the window of the tile's gray); see :func:`mask_from_dab`."""
+    gray = gaussian_blur(np.ascontiguousarray(gray), config.sigma)
     threshold = otsu_threshold(gray, config.otsu_bins)
     if config.min_dab > 0:
         # gray falls as DAB rises, so the floor on DAB is a ceiling on gray
@@ -207,7 +213,8 @@ def window_origins(height: int, width: int, window: int, stride: int) -> np.ndar
     return np.array([(y, x) for y in ys for x in xs], np.int32).reshape(-1, 2)
 
 
-def window_masks(dab: np.ndarray, origins: np.ndarray, window: int, config: MaskConfig = MaskConfig()) -> np.ndarray:
+def window_masks(dab: np.ndarray, origins: np.ndarray, window: int, config: MaskConfig = MaskConfig(), *,
+                 gray: np.ndarray | None = None) -> np.ndarray:
     """Eq. 1 of each training window on its own: the auxiliary losses' target masks.
 
     The fake's mask M' is Eq. 1 of the crop the generator saw, with Otsu's
@@ -220,16 +227,18 @@ def window_masks(dab: np.ndarray, origins: np.ndarray, window: int, config: Mask
     dab : (H, W) float32 DAB density of the tile.
     origins : (N, 2) window corners (y, x) from :func:`window_origins`.
     window : side of the windows, px.
+    gray : ``dab_gray(dab)`` if already computed (the tile's mask needs it too).
 
     Returns
     -------
     (N, window, window) bool array; ``out[i]`` is ``mask_from_dab`` of the window at ``origins[i]``.
     """
+    gray = dab_gray(dab) if gray is None else gray  # once for the tile, not once per overlapping window
     out = np.zeros((len(origins), window, window), bool)
     for i, (y, x) in enumerate(np.asarray(origins)):
-        out[i] = mask_from_dab(np.ascontiguousarray(dab[y:y + window, x:x + window]), config)
+        out[i] = mask_from_gray(gray[y:y + window, x:x + window], config)
     return out
 
 
-__all__ = ["MaskConfig", "dab_mask", "mask_from_dab", "otsu_threshold", "gaussian_blur", "dab_density_of_gray",
+__all__ = ["MaskConfig", "dab_mask", "mask_from_dab", "mask_from_gray", "otsu_threshold", "gaussian_blur", "dab_density_of_gray",
            "window_origins", "window_masks"]

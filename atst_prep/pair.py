@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .images import InputError, blank_reason, decode_rgb, read_file
-from .mask import mask_from_dab, window_masks, window_origins
+from .mask import mask_from_gray, window_masks, window_origins
 from .shards import PreparedPair
 from .sources import Pair
-from .stain import dab_and_hematoxylin
+from .stain import dab_and_hematoxylin, dab_gray
 
 if TYPE_CHECKING:
     from .build import BuildConfig
@@ -50,13 +50,14 @@ def prepare_pair(pair: Pair, root: str, config: "BuildConfig") -> PreparedPair:
         if reason:
             raise InputError(path, f"{label}: {reason}")
     dab, hema = dab_and_hematoxylin(ihc)
+    gray = dab_gray(dab)
     origins = window_origins(*dab.shape, config.window, config.window_stride)
     return PreparedPair(
         name=pair.name, he_path=rel_path(pair.he, root), ihc_path=rel_path(pair.ihc, root), meta=dict(pair.meta),
-        he=he, ihc=ihc, dab=dab, hema=hema, mask=mask_from_dab(dab, config.mask),
+        he=he, ihc=ihc, dab=dab, hema=hema, mask=mask_from_gray(gray, config.mask),
         tissue_fraction_he=fractions["H&E"], tissue_fraction_ihc=fractions["IHC"],
         window=config.window, window_stride=config.window_stride, window_origins=origins,
-        window_masks=window_masks(dab, origins, config.window, config.mask),
+        window_masks=window_masks(dab, origins, config.window, config.mask, gray=gray),
         **(dict(he_file=he_file, ihc_file=ihc_file) if config.layout == "compact" and config.store_images else {}),
     )
 

@@ -68,6 +68,16 @@ def test_a_crop_of_the_tile_mask_is_not_eq1_of_the_crop_on_uneven_staining(uneve
     assert worst > 0.05, worst
 
 
+@pytest.mark.parametrize("shape, window, stride", [((512, 512), WINDOW, WINDOW // 2), ((333, 509), 101, 37)])
+def test_window_masks_are_eq1_of_each_window_on_its_own(uneven_ihc, shape, window, stride):
+    # prep renders the tile's DAB gray once and cuts the windows from it: the same masks, bit for bit
+    config = MaskConfig(closing_radius=5)
+    dab = dab_channel(np.ascontiguousarray(uneven_ihc[:shape[0], :shape[1]]))
+    o = window_origins(*shape, window, stride)
+    alone = [mask_from_dab(np.ascontiguousarray(dab[y:y + window, x:x + window]), config) for y, x in o]
+    np.testing.assert_array_equal(window_masks(dab, o, window, config), np.stack(alone))
+
+
 @pytest.mark.parametrize("k", range(8))
 def test_eq1_commutes_with_the_symmetries_of_the_square_on_real_ihc(uneven_ihc, k):
     config = MaskConfig(closing_radius=30)
