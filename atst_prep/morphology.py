@@ -2,9 +2,11 @@
 
 A disk of radius ``r`` is the union over row offsets ``dy`` of horizontal
 segments of half-width ``w(dy) = floor(sqrt(r^2 - dy^2))``. Dilating by it is
-therefore: grow the image horizontally one pixel at a time (keeping the
-growths the disk needs), then OR each growth into the rows ``dy`` above and
-below. With 64 pixels packed into each machine word, a horizontal step is a
+therefore: grow the image horizontally (keeping the growths the disk
+needs), then OR each growth into the rows ``dy`` above and below. A row
+already grown by ``w`` grows by up to ``2w + 1`` more in one step (OR with
+itself shifted both ways: the shifted segments still overlap), so the
+widths a disk of radius 30 needs take 18 steps, not 30. With 64 pixels packed into each machine word, a horizontal step is a
 few shifts on 1/64 of the data, so the whole dilation costs a few ms at
 1024x1024 for any radius up to a few hundred pixels, and it is exact: the
 result equals ``skimage.morphology.dilation(x, disk(r))`` pixel for pixel.
@@ -56,11 +58,16 @@ def _unpack(words: np.ndarray, width: int) -> np.ndarray:
     return np.unpackbits(words.view(np.uint8), axis=1, count=width, bitorder="little").view(bool)
 
 
-def _grow_horizontally(a: np.ndarray) -> np.ndarray:
-    """Dilate packed rows by one pixel to the left and to the right."""
-    out = a | (a << np.uint64(1)) | (a >> np.uint64(1))
-    out[:, 1:] |= a[:, :-1] >> np.uint64(63)  # carry into the next word
-    out[:, :-1] |= a[:, 1:] << np.uint64(63)  # carry into the previous word
+def _grow_horizontally(a: np.ndarray, d: int = 1) -> np.ndarray:
+    """OR packed rows with themselves shifted ``d`` px (1 <= d <= 63) left and right.
+
+    Rows dilated by a segment of half-width ``w`` come out dilated by ``w + d``
+    when ``d <= 2w + 1`` (the three copies of each segment overlap or touch).
+    """
+    up, down = np.uint64(d), np.uint64(64 - d)
+    out = a | (a << up) | (a >> up)
+    out[:, 1:] |= a[:, :-1] >> down  # carry into the next word
+    out[:, :-1] |= a[:, 1:] << down  # carry into the previous word
     return out
 
 
@@ -83,10 +90,12 @@ def binary_dilation_disk(mask: np.ndarray, radius: int) -> np.ndarray:
     h, width = mask.shape
     half = disk_half_widths(radius)
     grown = {0: _pack(mask)}
-    current = grown[0]
-    for step in range(1, max(half) + 1):
-        current = _grow_horizontally(current)
-        grown[step] = current
+    current, w = grown[0], 0
+    for target in sorted(set(half))[1:]:
+        while w < target:
+            d = min(target - w, 2 * w + 1, 63)
+            current, w = _grow_horizontally(current, d), w + d
+        grown[target] = current
     # The spare word collects pixels grown past the right edge; clear it and
     # any bits past `width` in the last real word.
     out = grown[half[0]].copy()

@@ -57,6 +57,17 @@ def test_widths_wider_than_a_machine_word_are_exact():
     assert out[2].sum() == 141
 
 
+@pytest.mark.parametrize("radius", [63, 64, 100, 200])
+def test_large_radii_equal_the_euclidean_distance_reference(radius):
+    # growth steps of up to 63 px, chained: every pixel within distance r of a set pixel, and no other
+    from scipy.ndimage import distance_transform_edt
+
+    rng = np.random.default_rng(radius)
+    mask = rng.random((150, 700)) > 0.9995
+    mask[0, 699] = mask[149, 0] = True
+    np.testing.assert_array_equal(mo.binary_dilation_disk(mask, radius), distance_transform_edt(~mask) <= radius)
+
+
 def test_negative_radius_is_rejected():
     with pytest.raises(ValueError, match="radius"):
         mo.disk(-1)
