@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from .engine import Folder, locked, remove_partials, run_pass, save_if_changed
+from .engine import Folder, locked, remove_partials, run_pass, save_if_changed, stop_if_interrupted
 from .images import InputError
 from .manifest import MANIFEST, dataset_manifest, param_diff, read_manifest
 from .mask import MaskConfig
@@ -176,6 +176,7 @@ def build_shard(task: ShardTask, config: BuildConfig) -> dict:
         for start in range(0, len(task.pairs), BATCH):  # a batch of tiles at a time for counters that batch
             prepared = []
             for pair in task.pairs[start:start + BATCH]:
+                stop_if_interrupted()  # a big shard answers Ctrl-C between pairs
                 try:
                     prepared.append(prepare_pair(pair, task.source_root, config))
                 except InputError as exc:

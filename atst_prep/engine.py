@@ -15,7 +15,9 @@ written (:meth:`Folder.save`). The engine does the rest, the same way for every 
 3. :func:`run_pass` saves each folder's manifest (marked incomplete where tasks remain), runs the
    tasks on this machine or a Dask cluster (:func:`~atst_prep.runner.run_tasks`), and after each one
    records its result and saves the manifest again, atomically, complete when its folder has no task
-   left. Manifests are replaced only when their content changes.
+   left. Manifests are replaced only when their content changes. A Ctrl-C is never lost
+   (:func:`catching_interrupts`): Python drops a ``KeyboardInterrupt`` raised while a finalizer runs
+   (it prints "Exception ignored in ...") and the pass would run to its end.
 
 A worker writes a shard under a temporary name and renames it when complete
 (:class:`~atst_prep.shard_writer.ShardWriter`, :func:`~atst_prep.rewrite.rewrite_shard`), so at any
@@ -27,6 +29,8 @@ pickled to worker processes), a :class:`Folder` (usually :class:`ManifestFolder`
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -134,6 +138,46 @@ def manifest_folders(root: Path) -> list[Path]:
     return [p.parent for p in find_manifests(root)]
 
 
+_INTERRUPTED = threading.Event()
+
+
+def _on_sigint(signum, frame) -> None:
+    _INTERRUPTED.set()
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return  # raised here it would be dropped: the pass stops at its next check instead
+        frame = frame.f_back
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def catching_interrupts() -> Iterator[None]:
+    """While inside, Ctrl-C (SIGINT) raises KeyboardInterrupt as usual and is also remembered, so that
+    :func:`stop_if_interrupted` stops the pass even if the KeyboardInterrupt itself was dropped.
+
+    Only in the main thread, and only where SIGINT has Python's default handler (a caller's own
+    handler is left alone).
+    """
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    _INTERRUPTED.clear()
+    signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _INTERRUPTED.clear()
+
+
+def stop_if_interrupted() -> None:
+    """Raise KeyboardInterrupt if Ctrl-C came (see :func:`catching_interrupts`); a cheap check between units
+    of work."""
+    if _INTERRUPTED.is_set():
+        raise KeyboardInterrupt
+
+
 def run_pass(fn: Callable, tasks: Sequence, *args, folders: Mapping[str, Folder], jobs: int = 1,
              backend: str = "joblib", scheduler: str | None = None,
              on_result: Callable[[dict], None] | None = None) -> None:
@@ -145,14 +189,16 @@ def run_pass(fn: Callable, tasks: Sequence, *args, folders: Mapping[str, Folder]
     left = Counter(t.folder for t in tasks)
     for key, folder in folders.items():
         folder.save(complete=left[key] == 0)
-    for result in run_tasks(fn, tasks, *args, jobs=jobs, backend=backend, scheduler=scheduler):
-        folder = folders[result["folder"]]
-        folder.record(result)
-        left[result["folder"]] -= 1
-        folder.save(complete=left[result["folder"]] == 0)
-        if on_result:
-            on_result(result)
+    with catching_interrupts():
+        for result in run_tasks(fn, tasks, *args, jobs=jobs, backend=backend, scheduler=scheduler):
+            folder = folders[result["folder"]]
+            folder.record(result)
+            left[result["folder"]] -= 1
+            folder.save(complete=left[result["folder"]] == 0)
+            if on_result:
+                on_result(result)
+            stop_if_interrupted()
 
 
-__all__ = ["Folder", "ManifestFolder", "locked", "manifest_folders", "remove_partials", "run_pass",
-           "save_if_changed"]
+__all__ = ["Folder", "ManifestFolder", "catching_interrupts", "locked", "manifest_folders", "remove_partials",
+           "run_pass", "save_if_changed", "stop_if_interrupted"]
