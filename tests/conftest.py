@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach a model hub
+
+# A suite started in the background by a non-interactive shell (`nohup make test &`) gets SIGINT ignored,
+# and every process it starts inherits that: the Ctrl-C tests need a foreground run's disposition (a
+# handled signal, unlike an ignored one, is reset to the default in the children).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from pathlib import Path
 
