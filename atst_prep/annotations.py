@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import numbers
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -31,7 +30,7 @@ from skimage.measure import find_contours
 
 from . import __version__
 from .errors import UserError
-from .manifest import find_manifests, read_manifest
+from .manifest import find_manifests, read_manifest, write_if_changed
 from .shards import ShardError, _plain, check_readable, iter_samples, read_header
 
 __all__ = ["ExportError", "ExportSummary", "annotation_features", "export_annotations", "mask_polygons",
@@ -179,7 +178,7 @@ def nucleus_features(centroids: np.ndarray, areas: np.ndarray, mask: np.ndarray,
 
 
 def write_geojson(path: Path, features: list[dict], properties: dict | None = None) -> Path:
-    """Write a FeatureCollection atomically (temporary file in the same folder, then renamed), compact JSON.
+    """Write a FeatureCollection as compact JSON, atomically and only if it changed (:func:`atst_prep.manifest.write_if_changed`).
 
     ``properties`` (about the whole file) is a foreign member of the collection, which QuPath ignores.
     """
@@ -187,12 +186,7 @@ def write_geojson(path: Path, features: list[dict], properties: dict | None = No
     collection = {"type": "FeatureCollection", **({"properties": properties} if properties else {}),
                   "features": features}
     text = json.dumps(collection, separators=(",", ":"), allow_nan=False)  # C encoder: json.dump() is ~5x slower
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_if_changed(path, text.encode())
     return path
 
 

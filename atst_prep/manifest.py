@@ -83,6 +83,21 @@ def write_manifest_file(folder: Path, manifest: dict) -> Path:
     return path
 
 
+def write_if_changed(path: Path, data: bytes) -> bool:
+    """Replace ``path`` atomically with ``data`` unless it already holds exactly that; True if written."""
+    path = Path(path)
+    if path.is_file() and path.read_bytes() == data:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return True
+
+
 def dataset_manifest(plan, params: dict) -> dict:
     """The manifest of a build plan (:class:`atst_prep.build.DatasetPlan`) from what is done so far."""
     splits = {}

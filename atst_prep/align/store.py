@@ -33,7 +33,6 @@ import csv
 import io
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -43,7 +42,7 @@ import numpy as np
 
 from ..engine import ManifestFolder, locked, run_pass
 from ..images import InputError
-from ..manifest import MANIFEST, find_manifests
+from ..manifest import MANIFEST, find_manifests, write_if_changed
 from ..rewrite import rewrite_shard
 from ..runner import BuildError, run_tasks
 from ..shard_writer import create_like, write_channel
@@ -238,21 +237,6 @@ def keep_list_csv(rows: list[dict]) -> str:
                          _fmt(a.rotation, 3), _fmt(a.similarity, 4), _fmt(a.overlap, 4), _fmt(a.score, 4),
                          "true" if r["kept"] else "false", r["reason"]])
     return out.getvalue()
-
-
-def write_if_changed(path: Path, data: bytes) -> bool:
-    """Replace ``path`` atomically with ``data`` unless it already holds exactly that; True if written."""
-    path = Path(path)
-    if path.is_file() and path.read_bytes() == data:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return True
 
 
 def filter_misaligned(root: Path, config: AlignConfig = AlignConfig(), selection: Selection = Selection(), *,
